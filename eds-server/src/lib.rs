@@ -1,0 +1,15 @@
+//! eds-server: Kubernetes Services and EndpointSlices in, Envoy xDS out.
+//!
+//! ```text
+//!  kube watchers --> k8s::Index (apply/delete/reset) --> publish (coalesce, guard)
+//!                                                           |
+//!                                               TopologyWatch (Arc<Topology>)
+//!                                                           |
+//!                      xds::server (tonic) <-- xds::sotw / xds::delta (no IO)
+//! ```
+//!
+//! Each layer is testable alone: the index with hand-built objects, the
+//! protocol state machines with plain requests, and the whole against a
+//! real local control plane in `tests/`.
+
+pub mod topology;

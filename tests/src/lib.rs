@@ -1,0 +1,1 @@
+//! Support library for integration tests (being written).

@@ -1,0 +1,54 @@
+//! `cargo xtask test`: what CI runs (`.ci/run` calls exactly this).
+//!
+//! It first installs what the tests need, idempotently and cached (the local
+//! Kubernetes control plane's binaries, built from Go modules), then runs the
+//! hygiene checks and the whole workspace's tests. It is not a test runner of
+//! its own: every check is a cargo command a developer can run alone.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Skip `cargo fmt --check` and clippy (for a quick local loop).
+    #[arg(long)]
+    no_lint: bool,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if !args.no_lint {
+        step("cargo fmt --check");
+        cargo(&["fmt", "--all", "--", "--check"])?;
+        step("cargo clippy -D warnings");
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
+    step("cargo test");
+    cargo(&["test", "--workspace", "--locked"])?;
+    step("all checks passed");
+    Ok(())
+}
+
+fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
