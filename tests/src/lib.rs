@@ -1,1 +1,20 @@
-//! Support library for integration tests (being written).
+//! eds-tests: the support library for integration and end-to-end tests,
+//! and the tests themselves (`tests/tests/*.rs`).
+//!
+//! ```text
+//!  cluster   build etcd + kube-apiserver + kube-controller-manager + kubectl
+//!            from Go modules (cached); start them as local processes
+//!  netns     the pod network: a network namespace holding every pod IP
+//!  process   child processes that never outlive the run (parent-death signal)
+//!  harness   one shared cluster per test binary; namespaces, zoned Nodes,
+//!            Services, Pods; the harness plays the kubelet
+//! ```
+//!
+//! `cargo xtask cluster` drives the same code for people. This crate is
+//! not a fake: everything here starts or talks to the real thing. It uses
+//! `anyhow` throughout, as test code does.
+
+pub mod cluster;
+pub mod harness;
+pub mod netns;
+pub mod process;

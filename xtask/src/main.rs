@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses the command
 //! line and dispatches. It is not a build system: cargo builds, xtask orchestrates.
 
+mod cluster;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -16,12 +17,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build, start, stop and inspect the local Kubernetes control plane.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Run everything CI runs: install what the tests need, then fmt, clippy and the tests.
     Test(test::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Cluster(cmd) => cluster::run(cmd),
         Command::Test(args) => test::run(args),
     }
 }

@@ -17,6 +17,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    step("install: local control-plane binaries (built from Go modules once, then cached)");
+    eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
+    eds_tests::netns::preflight().context("checking what the pod network needs")?;
+
     if !args.no_lint {
         step("cargo fmt --check");
         cargo(&["fmt", "--all", "--", "--check"])?;

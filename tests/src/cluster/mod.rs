@@ -1,0 +1,306 @@
+//! A real Kubernetes control plane as local processes: etcd,
+//! kube-apiserver and kube-controller-manager, plus the pod network.
+//!
+//! ```text
+//!  etcd (127.0.0.1:E) <-- kube-apiserver (https://127.0.0.1:A, RBAC, SA tokens)
+//!                               ^
+//!                               +-- kube-controller-manager: endpointslice,
+//!                                   endpointslice-mirroring, garbage-collector,
+//!                                   namespace controllers
+//!  pod network 10.X.0.0/16 (netns): advertise address 10.X.0.1, pod IPs, backends
+//! ```
+//!
+//! Everything lives in one directory the control plane owns (`pki/`,
+//! `etcd/`, logs, `kubeconfig`, `state.json`). Starting over a directory
+//! left by a crash stops whatever the old state recorded and wipes it.
+//! There is no kubelet, scheduler or kube-proxy: the test harness
+//! ([`crate::harness`]) plays the kubelet's part for pod status.
+
+pub mod build;
+pub mod pki;
+pub mod versions;
+
+use std::fs;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+pub use build::{Binaries, ensure_built};
+
+use crate::netns::{PodNetwork, PodNetworkInfo};
+use crate::process::{ChildProcess, Lifetime, log_tail};
+
+/// The service CIDR. Nothing routes to it; Services just need ClusterIPs.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// What a running control plane writes to `state.json`, so another process
+/// (`cluster status`, `cluster down`, a test attaching) can find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The directory the control plane owns.
+    pub dir: PathBuf,
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub api_url: String,
+    /// etcd client URL.
+    pub etcd_url: String,
+    /// Process ids (each leads its own process group), by name.
+    pub pids: Vec<(String, u32)>,
+    /// The pod network.
+    pub network: PodNetworkInfo,
+    /// Pinned Kubernetes version.
+    pub kubernetes_version: String,
+}
+
+impl ClusterState {
+    /// Reads `state.json` from `dir`, if there is one.
+    pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join("state.json");
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Which recorded processes are still alive.
+    pub fn alive(&self) -> Vec<(String, u32, bool)> {
+        let mut all = self.pids.clone();
+        all.push(("pod network holder".into(), self.network.holder_pid));
+        all.into_iter()
+            .map(|(name, pid)| {
+                let alive = crate::process::alive(pid);
+                (name, pid, alive)
+            })
+            .collect()
+    }
+
+    /// Stops every recorded process group (reverse start order) and the pod network.
+    pub fn stop(&self) {
+        for (_, pid) in self.pids.iter().rev() {
+            crate::process::stop_group(*pid, Duration::from_secs(5));
+        }
+        crate::process::stop_group(self.network.holder_pid, Duration::from_secs(2));
+    }
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    state: ClusterState,
+    binaries: Binaries,
+    // Dropped (and so stopped) in reverse order of start: kcm, apiserver, etcd, network.
+    processes: Vec<ChildProcess>,
+    // `None` only after `release`, which consumes the control plane.
+    network: Option<PodNetwork>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl ControlPlane {
+    /// Starts a control plane in `dir` (wiped first). `progress` narrates to stderr.
+    pub fn start(dir: &Path, lifetime: Lifetime, progress: bool) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let binaries = ensure_built(progress)?;
+        if let Some(old) = ClusterState::load(dir)? {
+            // Left over by a crash or an earlier `up`: stop it so ports and the network are free.
+            old.stop();
+        }
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("wiping {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+
+        let network = PodNetwork::create(&dir, lifetime)?;
+        let host_ip = network.info().host_ip();
+        let pki = pki::generate(&dir.join("pki"), &[Ipv4Addr::LOCALHOST.into(), host_ip.into()])?;
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let api_url = format!("https://127.0.0.1:{api_port}");
+
+        let mut processes = Vec::new();
+        let mut etcd = Command::new(&binaries.etcd);
+        etcd.arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            // A throwaway test store: durability is not worth the fsync latency.
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        processes.push(ChildProcess::spawn("etcd", etcd, &dir.join("etcd.log"), lifetime)?);
+
+        let mut api = Command::new(&binaries.kube_apiserver);
+        api.arg(format!("--etcd-servers={etcd_url}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={api_port}"))
+            // Must not be loopback; the pod network's host address is ours.
+            .arg(format!("--advertise-address={host_ip}"))
+            .arg("--endpoint-reconciler-type=none")
+            .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+            .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+            .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-key-file={}", pki.sa_pub.display()))
+            .arg(format!("--service-account-signing-key-file={}", pki.sa_key.display()))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+            .arg("--authorization-mode=RBAC")
+            // No token controller runs, so pods cannot get default SA tokens mounted.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--allow-privileged=true")
+            .arg("--profiling=false")
+            .arg(format!("--cert-dir={}", dir.join("pki").display()));
+        processes.push(ChildProcess::spawn("kube-apiserver", api, &dir.join("kube-apiserver.log"), lifetime)?);
+
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &api_url, &pki.ca_cert, &pki.admin, &dir.join("pki"))?;
+        let mut plane = Self {
+            state: ClusterState {
+                dir: dir.clone(),
+                kubeconfig: kubeconfig.clone(),
+                api_url,
+                etcd_url,
+                pids: Vec::new(),
+                network: network.info().clone(),
+                kubernetes_version: versions::KUBERNETES.to_owned(),
+            },
+            binaries,
+            processes,
+            network: Some(network),
+        };
+        plane.wait_ready(Duration::from_secs(90))?;
+        if progress {
+            eprintln!("kube-apiserver ready after {:.1?}", started.elapsed());
+        }
+
+        let mut kcm = Command::new(&plane.binaries.kube_controller_manager);
+        kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg("--controllers=endpointslice-controller,endpointslice-mirroring-controller,garbage-collector-controller,namespace-controller")
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--use-service-account-credentials=false")
+            .arg("--max-endpoints-per-slice=100");
+        plane
+            .processes
+            .push(ChildProcess::spawn("kube-controller-manager", kcm, &dir.join("kube-controller-manager.log"), lifetime)?);
+        plane.state.pids = plane
+            .processes
+            .iter()
+            .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
+            .map(|(p, name)| (name.to_owned(), p.pid()))
+            .collect();
+        fs::write(dir.join("state.json"), serde_json::to_vec_pretty(&plane.state)?)?;
+        Ok(plane)
+    }
+
+    /// Polls `/readyz` through kubectl until it answers `ok`.
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for p in &mut self.processes {
+                p.check_running()?;
+            }
+            let out = self.kubectl().args(["get", "--raw=/readyz"]).output()?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-apiserver not ready after {timeout:?}; last lines of {}:\n{}",
+                    self.state.dir.join("kube-apiserver.log").display(),
+                    log_tail(&self.state.dir.join("kube-apiserver.log"), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// A kubectl command against this cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(&self.binaries.kubectl);
+        cmd.arg(format!("--kubeconfig={}", self.state.kubeconfig.display()));
+        cmd
+    }
+
+    /// What `state.json` records.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// The pod network.
+    pub fn network(&self) -> &PodNetwork {
+        self.network.as_ref().expect("the network is present until release() consumes self")
+    }
+
+    /// Fails if any control-plane process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.processes {
+            p.check_running()?;
+        }
+        Ok(())
+    }
+
+    /// Leaves a detached control plane running (for `cluster up`).
+    pub fn release(mut self) -> ClusterState {
+        for p in self.processes.drain(..) {
+            p.release();
+        }
+        if let Some(network) = self.network.take() {
+            network.release();
+        }
+        self.state.clone()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Reverse start order: controllers first, etcd last.
+        while let Some(mut p) = self.processes.pop() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Writes an admin kubeconfig that refers to the PKI files by path.
+fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    admin: &pki::ClientCert,
+    pki_dir: &Path,
+) -> anyhow::Result<()> {
+    let cert = pki_dir.join("admin.crt");
+    let key = pki_dir.join("admin.key");
+    fs::write(&cert, &admin.cert_pem)?;
+    fs::write(&key, &admin.key_pem)?;
+    // JSON is YAML, so kubectl and kube-rs read it as a kubeconfig.
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "eds-local", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": "eds-admin", "user": {"client-certificate": cert, "client-key": key}}],
+        "contexts": [{"name": "eds-local", "context": {"cluster": "eds-local", "user": "eds-admin"}}],
+        "current-context": "eds-local",
+    });
+    fs::write(path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(())
+}
+
+/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

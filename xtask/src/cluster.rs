@@ -1,0 +1,93 @@
+//! `cargo xtask cluster build|up|down|status`: the local Kubernetes control
+//! plane for people (tests start their own through the same library).
+//!
+//! `up` starts detached processes in `.eds/cluster/` (the directory it
+//! owns), writes `state.json` there and leaves them running; `down` stops
+//! what `state.json` records; `status` says what runs. The work itself lives
+//! in `eds_tests::cluster`; this module only parses and prints.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use eds_tests::cluster::{self, ClusterState, ControlPlane, versions};
+use eds_tests::process::Lifetime;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// Build (or find cached) kube-apiserver, kube-controller-manager, kubectl and etcd.
+    Build,
+    /// Start the control plane in the background and print how to use it.
+    Up(DirArgs),
+    /// Stop everything `up` started.
+    Down(DirArgs),
+    /// Say what runs.
+    Status(DirArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DirArgs {
+    /// The directory the control plane owns.
+    #[arg(long, default_value = ".eds/cluster", env = "EDS_CLUSTER_DIR")]
+    dir: PathBuf,
+}
+
+pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Build => {
+            let started = Instant::now();
+            let bins = cluster::ensure_built(true)?;
+            eprintln!(
+                "Kubernetes {} and etcd {} ready in {:.1?}:",
+                versions::KUBERNETES,
+                versions::ETCD,
+                started.elapsed()
+            );
+            for path in [&bins.kube_apiserver, &bins.kube_controller_manager, &bins.kubectl, &bins.etcd] {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        ClusterCmd::Up(args) => {
+            let started = Instant::now();
+            let plane = ControlPlane::start(&args.dir, Lifetime::Detached, true)?;
+            let kubectl = cluster::build::binaries()?.kubectl;
+            let state = plane.release();
+            eprintln!("control plane up in {:.1?}", started.elapsed());
+            print_state(&state);
+            println!("\nUse it:\n  export KUBECONFIG={}\n  {} get namespaces", state.kubeconfig.display(), kubectl.display());
+            println!("Tests attach to it with EDS_CLUSTER_DIR={}", state.dir.display());
+            Ok(())
+        }
+        ClusterCmd::Down(args) => {
+            match ClusterState::load(&args.dir)? {
+                Some(state) => {
+                    state.stop();
+                    std::thread::sleep(Duration::from_millis(200));
+                    std::fs::remove_dir_all(&args.dir).with_context(|| format!("removing {}", args.dir.display()))?;
+                    println!("stopped the control plane in {}", args.dir.display());
+                }
+                None => println!("no control plane recorded in {}", args.dir.display()),
+            }
+            Ok(())
+        }
+        ClusterCmd::Status(args) => {
+            match ClusterState::load(&args.dir)? {
+                Some(state) => print_state(&state),
+                None => println!("no control plane recorded in {} (run `cargo xtask cluster up`)", args.dir.display()),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_state(state: &ClusterState) {
+    println!("Kubernetes {}  API {}  etcd {}", state.kubernetes_version, state.api_url, state.etcd_url);
+    println!("pod network {} (host side {} on {})", state.network.cidr(), state.network.host_ip(), state.network.host_if);
+    println!("{:<26} {:>8} {:>8} {:>10}", "PROCESS", "PID", "STATE", "RSS");
+    for (name, pid, alive) in state.alive() {
+        let rss = cluster::rss_kib(pid).map_or_else(|| "-".to_owned(), |k| format!("{} MiB", k / 1024));
+        println!("{name:<26} {pid:>8} {:>8} {rss:>10}", if alive { "running" } else { "gone" });
+    }
+    println!("kubeconfig {}", state.kubeconfig.display());
+}
