@@ -74,7 +74,10 @@ impl TestCluster {
         if let Some(dir) = std::env::var_os("EDS_CLUSTER_DIR") {
             let dir = PathBuf::from(dir);
             let state = ClusterState::load(&dir)?.with_context(|| {
-                format!("EDS_CLUSTER_DIR={} holds no running cluster; run `cargo xtask cluster up`", dir.display())
+                format!(
+                    "EDS_CLUSTER_DIR={} holds no running cluster; run `cargo xtask cluster up`",
+                    dir.display()
+                )
             })?;
             let network = PodNetwork::attach(state.network.clone())?;
             return Ok(Self {
@@ -151,7 +154,10 @@ impl TestCluster {
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {ZONE_LABEL: zone}},
         }))?;
-        match Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await {
+        match Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
             Err(e) => Err(e).with_context(|| format!("creating node {name}")),
@@ -166,7 +172,9 @@ fn remove_stale(root: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix("test-").and_then(|p| p.parse::<u32>().ok());
+        let pid = name
+            .strip_prefix("test-")
+            .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid
             && !crate::process::alive(pid)
         {
@@ -189,7 +197,9 @@ pub struct TestNamespace {
 // kube's Client has no Debug; show what identifies the object instead.
 impl std::fmt::Debug for TestNamespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestNamespace").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -391,14 +401,19 @@ impl TestPod {
         self.api()
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .with_context(|| format!("setting pod {}/{} ready={ready}", self.namespace, self.name))?;
+            .with_context(|| {
+                format!("setting pod {}/{} ready={ready}", self.namespace, self.name)
+            })?;
         Ok(())
     }
 
     /// Deletes the pod with a grace period: it stays, terminating, until the
     /// period ends, when the returned task (the harness's kubelet) removes it
     /// for good and frees its IP.
-    pub async fn delete_gracefully(&self, grace: Duration) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    pub async fn delete_gracefully(
+        &self,
+        grace: Duration,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
         let params = DeleteParams {
             grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX).max(1)),
             ..DeleteParams::default()
@@ -416,7 +431,11 @@ impl TestPod {
 
     /// Removes the pod at once (grace period 0) and frees its IP.
     pub async fn delete_now(&self) -> anyhow::Result<()> {
-        match self.api().delete(&self.name, &DeleteParams::default().grace_period(0)).await {
+        match self
+            .api()
+            .delete(&self.name, &DeleteParams::default().grace_period(0))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e).context("force-deleting pod"),
@@ -426,7 +445,12 @@ impl TestPod {
 
     /// Starts an echo backend listening on `<pod IP>:port` inside the pod
     /// network, and waits until it accepts connections.
-    pub async fn start_backend(&self, port: u16, zone: &str, opts: &EchoOptions) -> anyhow::Result<Backend> {
+    pub async fn start_backend(
+        &self,
+        port: u16,
+        zone: &str,
+        opts: &EchoOptions,
+    ) -> anyhow::Result<Backend> {
         let network = self.cluster.network();
         network.verify_route(self.ip)?;
         let addr = SocketAddr::from((self.ip, port));
@@ -443,8 +467,17 @@ impl TestPod {
             .arg(opts.error_rate.to_string())
             .arg("--slow-start-secs")
             .arg(opts.slow_start_secs.to_string());
-        let log = self.cluster.state().dir.join(format!("backend-{}-{}.log", self.name, self.ip));
-        let mut process = ChildProcess::spawn(&format!("echo backend {}", self.name), cmd, &log, Lifetime::Tied)?;
+        let log = self
+            .cluster
+            .state()
+            .dir
+            .join(format!("backend-{}-{}.log", self.name, self.ip));
+        let mut process = ChildProcess::spawn(
+            &format!("echo backend {}", self.name),
+            cmd,
+            &log,
+            Lifetime::Tied,
+        )?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -452,7 +485,10 @@ impl TestPod {
             }
             process.check_running()?;
             if Instant::now() > deadline {
-                bail!("echo backend for {} did not listen on {addr} within 20 s", self.name);
+                bail!(
+                    "echo backend for {} did not listen on {addr} within 20 s",
+                    self.name
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -499,7 +535,9 @@ pub fn echo_backend_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let candidates = [
         exe.parent().map(|d| d.join("echo-backend")),
-        exe.parent().and_then(Path::parent).map(|d| d.join("echo-backend")),
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("echo-backend")),
     ];
     candidates
         .into_iter()

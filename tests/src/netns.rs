@@ -100,7 +100,12 @@ impl PodNetwork {
         preflight()?;
         let mut cmd = Command::new("unshare");
         cmd.args(["--net", "--", "sleep", "infinity"]);
-        let holder = ChildProcess::spawn("pod network holder", cmd, &log_dir.join("netns.log"), lifetime)?;
+        let holder = ChildProcess::spawn(
+            "pod network holder",
+            cmd,
+            &log_dir.join("netns.log"),
+            lifetime,
+        )?;
         let pid = holder.pid();
         let host_if = format!("edsh{pid}");
         // Wait until unshare has moved the holder into its own namespace.
@@ -120,7 +125,16 @@ impl PodNetwork {
         };
         let host_cidr = format!("{}/16", info.host_ip());
         run(Command::new("ip").args([
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &pid.to_string(),
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pid.to_string(),
         ]))?;
         run(Command::new("ip").args(["addr", "add", &host_cidr, "dev", &host_if]))?;
         run(Command::new("ip").args(["link", "set", &host_if, "up"]))?;
@@ -172,12 +186,20 @@ impl PodNetwork {
     /// can bind it at once). Addresses held by another user of the same
     /// network are skipped: the kernel refuses to add them twice.
     pub fn allocate_ip(&self) -> anyhow::Result<Ipv4Addr> {
-        let mut next = self.next.lock().map_err(|_| anyhow::anyhow!("pod IP allocator poisoned"))?;
+        let mut next = self
+            .next
+            .lock()
+            .map_err(|_| anyhow::anyhow!("pod IP allocator poisoned"))?;
         for _ in 0..64_000 {
             let n = *next;
             *next = (*next + 1) % 64_000;
             // 10.X.1.1 .. 10.X.250.254: skip .0 and .255 hosts and the 10.X.0.0/24 infrastructure block.
-            let ip = Ipv4Addr::new(10, self.info.octet, (1 + n / 254 % 250) as u8, (1 + n % 254) as u8);
+            let ip = Ipv4Addr::new(
+                10,
+                self.info.octet,
+                (1 + n / 254 % 250) as u8,
+                (1 + n % 254) as u8,
+            );
             let out = nsenter(self.info.holder_pid)
                 .args(["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])
                 .output()?;
@@ -194,7 +216,14 @@ impl PodNetwork {
 
     /// Takes a pod IP back out of the namespace.
     pub fn release_ip(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
-        run(nsenter(self.info.holder_pid).args(["ip", "addr", "del", &format!("{ip}/32"), "dev", "eth0"]))?;
+        run(nsenter(self.info.holder_pid).args([
+            "ip",
+            "addr",
+            "del",
+            &format!("{ip}/32"),
+            "dev",
+            "eth0",
+        ]))?;
         Ok(())
     }
 

@@ -43,7 +43,12 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 versions::ETCD,
                 started.elapsed()
             );
-            for path in [&bins.kube_apiserver, &bins.kube_controller_manager, &bins.kubectl, &bins.etcd] {
+            for path in [
+                &bins.kube_apiserver,
+                &bins.kube_controller_manager,
+                &bins.kubectl,
+                &bins.etcd,
+            ] {
                 println!("{}", path.display());
             }
             Ok(())
@@ -55,8 +60,15 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             let state = plane.release();
             eprintln!("control plane up in {:.1?}", started.elapsed());
             print_state(&state);
-            println!("\nUse it:\n  export KUBECONFIG={}\n  {} get namespaces", state.kubeconfig.display(), kubectl.display());
-            println!("Tests attach to it with EDS_CLUSTER_DIR={}", state.dir.display());
+            println!(
+                "\nUse it:\n  export KUBECONFIG={}\n  {} get namespaces",
+                state.kubeconfig.display(),
+                kubectl.display()
+            );
+            println!(
+                "Tests attach to it with EDS_CLUSTER_DIR={}",
+                state.dir.display()
+            );
             Ok(())
         }
         ClusterCmd::Down(args) => {
@@ -64,7 +76,8 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 Some(state) => {
                     state.stop();
                     std::thread::sleep(Duration::from_millis(200));
-                    std::fs::remove_dir_all(&args.dir).with_context(|| format!("removing {}", args.dir.display()))?;
+                    std::fs::remove_dir_all(&args.dir)
+                        .with_context(|| format!("removing {}", args.dir.display()))?;
                     println!("stopped the control plane in {}", args.dir.display());
                 }
                 None => println!("no control plane recorded in {}", args.dir.display()),
@@ -74,7 +87,10 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Status(args) => {
             match ClusterState::load(&args.dir)? {
                 Some(state) => print_state(&state),
-                None => println!("no control plane recorded in {} (run `cargo xtask cluster up`)", args.dir.display()),
+                None => println!(
+                    "no control plane recorded in {} (run `cargo xtask cluster up`)",
+                    args.dir.display()
+                ),
             }
             Ok(())
         }
@@ -82,12 +98,27 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
 }
 
 fn print_state(state: &ClusterState) {
-    println!("Kubernetes {}  API {}  etcd {}", state.kubernetes_version, state.api_url, state.etcd_url);
-    println!("pod network {} (host side {} on {})", state.network.cidr(), state.network.host_ip(), state.network.host_if);
-    println!("{:<26} {:>8} {:>8} {:>10}", "PROCESS", "PID", "STATE", "RSS");
+    println!(
+        "Kubernetes {}  API {}  etcd {}",
+        state.kubernetes_version, state.api_url, state.etcd_url
+    );
+    println!(
+        "pod network {} (host side {} on {})",
+        state.network.cidr(),
+        state.network.host_ip(),
+        state.network.host_if
+    );
+    println!(
+        "{:<26} {:>8} {:>8} {:>10}",
+        "PROCESS", "PID", "STATE", "RSS"
+    );
     for (name, pid, alive) in state.alive() {
-        let rss = cluster::rss_kib(pid).map_or_else(|| "-".to_owned(), |k| format!("{} MiB", k / 1024));
-        println!("{name:<26} {pid:>8} {:>8} {rss:>10}", if alive { "running" } else { "gone" });
+        let rss =
+            cluster::rss_kib(pid).map_or_else(|| "-".to_owned(), |k| format!("{} MiB", k / 1024));
+        println!(
+            "{name:<26} {pid:>8} {:>8} {rss:>10}",
+            if alive { "running" } else { "gone" }
+        );
     }
     println!("kubeconfig {}", state.kubeconfig.display());
 }

@@ -86,12 +86,18 @@ impl Echo for Shared {
         let req = request.into_inner();
         tokio::time::sleep(self.latency(req.work_us)).await;
         let fail = {
-            let mut rng = self.rng.lock().map_err(|_| Status::internal("rng poisoned"))?;
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| Status::internal("rng poisoned"))?;
             rng.unit() < self.args.error_rate
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if fail {
-            return Err(Status::unavailable(format!("{} is failing on purpose", self.args.pod)));
+            return Err(Status::unavailable(format!(
+                "{} is failing on purpose",
+                self.args.pod
+            )));
         }
         Ok(Response::new(EchoReply {
             message: req.message,

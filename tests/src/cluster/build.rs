@@ -49,7 +49,8 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("eds"));
     }
-    let home = std::env::var_os("HOME").context("neither EDS_CACHE_DIR, XDG_CACHE_HOME nor HOME is set")?;
+    let home = std::env::var_os("HOME")
+        .context("neither EDS_CACHE_DIR, XDG_CACHE_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".cache/eds"))
 }
 
@@ -74,7 +75,12 @@ pub fn binaries() -> anyhow::Result<Binaries> {
 
 impl Binaries {
     fn all(&self) -> [&Path; 4] {
-        [&self.kube_apiserver, &self.kube_controller_manager, &self.kubectl, &self.etcd]
+        [
+            &self.kube_apiserver,
+            &self.kube_controller_manager,
+            &self.kubectl,
+            &self.etcd,
+        ]
     }
 
     /// Whether every binary is present.
@@ -100,7 +106,10 @@ pub fn ensure_built(progress: bool) -> anyhow::Result<Binaries> {
     }
     go_version()?;
     let started = Instant::now();
-    if !(bins.kube_apiserver.is_file() && bins.kube_controller_manager.is_file() && bins.kubectl.is_file()) {
+    if !(bins.kube_apiserver.is_file()
+        && bins.kube_controller_manager.is_file()
+        && bins.kubectl.is_file())
+    {
         build_kubernetes(progress)?;
     }
     if !bins.etcd.is_file() {
@@ -118,7 +127,10 @@ fn go_version() -> anyhow::Result<String> {
         .output()
         .context("the Go toolchain is needed to build the local control plane, and `go` was not found on PATH")?;
     if !out.status.success() {
-        bail!("`go version` failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`go version` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -127,14 +139,29 @@ fn build_kubernetes(progress: bool) -> anyhow::Result<()> {
     let dir = kubernetes_dir()?;
     let src = dir.join("src");
     fs::create_dir_all(&src)?;
-    say(progress, &format!("resolving k8s.io/kubernetes@{} through the Go module proxy", versions::KUBERNETES));
+    say(
+        progress,
+        &format!(
+            "resolving k8s.io/kubernetes@{} through the Go module proxy",
+            versions::KUBERNETES
+        ),
+    );
     let release_mod = module_go_mod("k8s.io/kubernetes", versions::KUBERNETES, &src)?;
     let go_mod = kubernetes_wrapper(&release_mod)?;
     fs::write(src.join("go.mod"), go_mod)?;
     let ldflags = [
-        format!("-X k8s.io/component-base/version.gitVersion={}", versions::KUBERNETES),
-        format!("-X k8s.io/component-base/version.gitMajor={}", major_minor(versions::KUBERNETES).0),
-        format!("-X k8s.io/component-base/version.gitMinor={}", major_minor(versions::KUBERNETES).1),
+        format!(
+            "-X k8s.io/component-base/version.gitVersion={}",
+            versions::KUBERNETES
+        ),
+        format!(
+            "-X k8s.io/component-base/version.gitMajor={}",
+            major_minor(versions::KUBERNETES).0
+        ),
+        format!(
+            "-X k8s.io/component-base/version.gitMinor={}",
+            major_minor(versions::KUBERNETES).1
+        ),
         "-X k8s.io/component-base/version.gitTreeState=clean".to_owned(),
     ]
     .join(" ");
@@ -159,9 +186,18 @@ fn build_etcd(progress: bool) -> anyhow::Result<()> {
     // meet Kubernetes' in one build graph.
     fs::write(
         src.join("go.mod"),
-        format!("module eds.rs/local-cluster/etcd\n\ngo 1.24.0\n\nrequire go.etcd.io/etcd/server/v3 {}\n", versions::ETCD),
+        format!(
+            "module eds.rs/local-cluster/etcd\n\ngo 1.24.0\n\nrequire go.etcd.io/etcd/server/v3 {}\n",
+            versions::ETCD
+        ),
     )?;
-    go_build(progress, &src, &dir.join("bin"), "", &["go.etcd.io/etcd/server/v3"])?;
+    go_build(
+        progress,
+        &src,
+        &dir.join("bin"),
+        "",
+        &["go.etcd.io/etcd/server/v3"],
+    )?;
     // Go names the binary after the path element before the `/v3` suffix.
     for name in ["server", "v3"] {
         let built = dir.join("bin").join(name);
@@ -187,8 +223,11 @@ fn module_go_mod(module: &str, version: &str, workdir: &Path) -> anyhow::Result<
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `go mod download -json`")?;
-    let path = info["GoMod"].as_str().context("`go mod download -json` gave no GoMod path")?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing `go mod download -json`")?;
+    let path = info["GoMod"]
+        .as_str()
+        .context("`go mod download -json` gave no GoMod path")?;
     fs::read_to_string(path).with_context(|| format!("reading {path}"))
 }
 
@@ -219,27 +258,47 @@ pub fn kubernetes_wrapper(release_go_mod: &str) -> anyhow::Result<String> {
         };
         let module = module.trim();
         if target.trim().starts_with("./staging/") && required.contains(&module) {
-            out.push_str(&format!("\t{module} => {module} {}\n", versions::KUBERNETES_STAGING));
+            out.push_str(&format!(
+                "\t{module} => {module} {}\n",
+                versions::KUBERNETES_STAGING
+            ));
             n += 1;
         }
     }
     out.push_str(")\n");
     if n < 10 {
-        bail!("found only {n} staging replacements in k8s.io/kubernetes's go.mod; its layout changed");
+        bail!(
+            "found only {n} staging replacements in k8s.io/kubernetes's go.mod; its layout changed"
+        );
     }
     Ok(out)
 }
 
 fn major_minor(version: &str) -> (String, String) {
     let mut parts = version.trim_start_matches('v').split('.');
-    (parts.next().unwrap_or("0").to_owned(), parts.next().unwrap_or("0").to_owned())
+    (
+        parts.next().unwrap_or("0").to_owned(),
+        parts.next().unwrap_or("0").to_owned(),
+    )
 }
 
-fn go_build(progress: bool, src: &Path, bin: &Path, ldflags: &str, packages: &[&str]) -> anyhow::Result<()> {
+fn go_build(
+    progress: bool,
+    src: &Path,
+    bin: &Path,
+    ldflags: &str,
+    packages: &[&str],
+) -> anyhow::Result<()> {
     let tmp = bin.with_extension("partial");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    say(progress, &format!("go build {} (a cold build takes several minutes on 2 cores)", packages.join(" ")));
+    say(
+        progress,
+        &format!(
+            "go build {} (a cold build takes several minutes on 2 cores)",
+            packages.join(" ")
+        ),
+    );
     let mut cmd = Command::new("go");
     cmd.arg("build").arg("-v");
     if !ldflags.is_empty() {
@@ -271,18 +330,32 @@ fn go_build(progress: bool, src: &Path, bin: &Path, ldflags: &str, packages: &[&
             tail.push(line.clone());
         }
         if progress && last_report.elapsed() > Duration::from_secs(10) {
-            eprintln!("  [{:>4}s] {downloaded} modules downloaded, {compiled} packages built; now {line}", started.elapsed().as_secs());
+            eprintln!(
+                "  [{:>4}s] {downloaded} modules downloaded, {compiled} packages built; now {line}",
+                started.elapsed().as_secs()
+            );
             last_report = Instant::now();
         }
     }
     let status = child.wait()?;
     if !status.success() {
         let shown = tail[tail.len().saturating_sub(30)..].join("\n");
-        bail!("`go build` in {} failed ({status}):\n{shown}", src.display());
+        bail!(
+            "`go build` in {} failed ({status}):\n{shown}",
+            src.display()
+        );
     }
     let _ = fs::remove_dir_all(bin);
     fs::rename(&tmp, bin)?;
-    say(progress, &format!("compiled {} packages (the rest came from Go's build cache) in {:.0?} -> {}", compiled, started.elapsed(), bin.display()));
+    say(
+        progress,
+        &format!(
+            "compiled {} packages (the rest came from Go's build cache) in {:.0?} -> {}",
+            compiled,
+            started.elapsed(),
+            bin.display()
+        ),
+    );
     Ok(())
 }
 
@@ -301,8 +374,14 @@ mod tests {
         let release = "module k8s.io/kubernetes\n\ngo 1.26.0\n\nrequire (\n\tk8s.io/api v0.0.0\n\tk8s.io/a1 v0.0.0\n\tk8s.io/a2 v0.0.0\n\tk8s.io/a3 v0.0.0\n\tk8s.io/a4 v0.0.0\n\tk8s.io/a5 v0.0.0\n\tk8s.io/a6 v0.0.0\n\tk8s.io/a7 v0.0.0\n\tk8s.io/a8 v0.0.0\n\tk8s.io/a9 v0.0.0\n\tgithub.com/x/y v1.0.0\n)\n\nreplace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n\tk8s.io/a1 => ./staging/src/k8s.io/a1\n\tk8s.io/a2 => ./staging/src/k8s.io/a2\n\tk8s.io/a3 => ./staging/src/k8s.io/a3\n\tk8s.io/a4 => ./staging/src/k8s.io/a4\n\tk8s.io/a5 => ./staging/src/k8s.io/a5\n\tk8s.io/a6 => ./staging/src/k8s.io/a6\n\tk8s.io/a7 => ./staging/src/k8s.io/a7\n\tk8s.io/a8 => ./staging/src/k8s.io/a8\n\tk8s.io/a9 => ./staging/src/k8s.io/a9\n\tk8s.io/sample-cli-plugin => ./staging/src/k8s.io/sample-cli-plugin\n)\n";
         let out = kubernetes_wrapper(release).unwrap();
         assert!(out.contains("go 1.26.0"));
-        assert!(out.contains(&format!("k8s.io/api => k8s.io/api {}", versions::KUBERNETES_STAGING)));
-        assert!(!out.contains("sample-cli-plugin"), "not required, so not replaced: {out}");
+        assert!(out.contains(&format!(
+            "k8s.io/api => k8s.io/api {}",
+            versions::KUBERNETES_STAGING
+        )));
+        assert!(
+            !out.contains("sample-cli-plugin"),
+            "not required, so not replaced: {out}"
+        );
         assert!(!out.contains("github.com/x/y =>"));
     }
 

@@ -63,7 +63,8 @@ impl ClusterState {
         let path = dir.join("state.json");
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -123,7 +124,10 @@ impl ControlPlane {
 
         let network = PodNetwork::create(&dir, lifetime)?;
         let host_ip = network.info().host_ip();
-        let pki = pki::generate(&dir.join("pki"), &[Ipv4Addr::LOCALHOST.into(), host_ip.into()])?;
+        let pki = pki::generate(
+            &dir.join("pki"),
+            &[Ipv4Addr::LOCALHOST.into(), host_ip.into()],
+        )?;
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -140,7 +144,12 @@ impl ControlPlane {
             // A throwaway test store: durability is not worth the fsync latency.
             .arg("--unsafe-no-fsync")
             .arg("--log-level=warn");
-        processes.push(ChildProcess::spawn("etcd", etcd, &dir.join("etcd.log"), lifetime)?);
+        processes.push(ChildProcess::spawn(
+            "etcd",
+            etcd,
+            &dir.join("etcd.log"),
+            lifetime,
+        )?);
 
         let mut api = Command::new(&binaries.kube_apiserver);
         api.arg(format!("--etcd-servers={etcd_url}"))
@@ -150,11 +159,20 @@ impl ControlPlane {
             .arg(format!("--advertise-address={host_ip}"))
             .arg("--endpoint-reconciler-type=none")
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
-            .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.serving_key.display()
+            ))
             .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!("--service-account-key-file={}", pki.sa_pub.display()))
-            .arg(format!("--service-account-signing-key-file={}", pki.sa_key.display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.sa_pub.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ))
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
             .arg("--authorization-mode=RBAC")
             // No token controller runs, so pods cannot get default SA tokens mounted.
@@ -162,10 +180,21 @@ impl ControlPlane {
             .arg("--allow-privileged=true")
             .arg("--profiling=false")
             .arg(format!("--cert-dir={}", dir.join("pki").display()));
-        processes.push(ChildProcess::spawn("kube-apiserver", api, &dir.join("kube-apiserver.log"), lifetime)?);
+        processes.push(ChildProcess::spawn(
+            "kube-apiserver",
+            api,
+            &dir.join("kube-apiserver.log"),
+            lifetime,
+        )?);
 
         let kubeconfig = dir.join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &api_url, &pki.ca_cert, &pki.admin, &dir.join("pki"))?;
+        write_kubeconfig(
+            &kubeconfig,
+            &api_url,
+            &pki.ca_cert,
+            &pki.admin,
+            &dir.join("pki"),
+        )?;
         let mut plane = Self {
             state: ClusterState {
                 dir: dir.clone(),
@@ -192,16 +221,22 @@ impl ControlPlane {
             .arg("--secure-port=0")
             .arg("--use-service-account-credentials=false")
             .arg("--max-endpoints-per-slice=100");
-        plane
-            .processes
-            .push(ChildProcess::spawn("kube-controller-manager", kcm, &dir.join("kube-controller-manager.log"), lifetime)?);
+        plane.processes.push(ChildProcess::spawn(
+            "kube-controller-manager",
+            kcm,
+            &dir.join("kube-controller-manager.log"),
+            lifetime,
+        )?);
         plane.state.pids = plane
             .processes
             .iter()
             .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
             .map(|(p, name)| (name.to_owned(), p.pid()))
             .collect();
-        fs::write(dir.join("state.json"), serde_json::to_vec_pretty(&plane.state)?)?;
+        fs::write(
+            dir.join("state.json"),
+            serde_json::to_vec_pretty(&plane.state)?,
+        )?;
         Ok(plane)
     }
 
@@ -241,7 +276,9 @@ impl ControlPlane {
 
     /// The pod network.
     pub fn network(&self) -> &PodNetwork {
-        self.network.as_ref().expect("the network is present until release() consumes self")
+        self.network
+            .as_ref()
+            .expect("the network is present until release() consumes self")
     }
 
     /// Fails if any control-plane process has exited.
