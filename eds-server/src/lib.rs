@@ -12,4 +12,13 @@
 //! protocol state machines with plain requests, and the whole against a
 //! real local control plane in `tests/`.
 
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod k8s;
+pub mod metrics;
+pub mod serve;
+pub mod source;
 pub mod topology;
+pub mod watch;
+pub mod xds;

@@ -29,6 +29,7 @@ pub mod outlier;
 pub mod pick;
 pub mod ring;
 pub mod rng;
+pub mod sim;
 pub mod slow_start;
 pub mod snapshot;
 pub mod zone;

@@ -8,6 +8,12 @@
 
 pub use envoy_types as xds;
 
+pub mod resources;
+pub mod validate;
+
+#[cfg(test)]
+mod test_support;
+
 /// The echo service served by test backends and the demo (`eds.echo.v1`).
 pub mod echo {
     #![allow(

@@ -18,3 +18,4 @@ pub mod cluster;
 pub mod harness;
 pub mod netns;
 pub mod process;
+pub mod xds;

@@ -214,16 +214,15 @@ impl PodNetwork {
         bail!("the pod network {} is full", self.info.cidr())
     }
 
-    /// Takes a pod IP back out of the namespace.
+    /// Takes a pod IP back out of the namespace; releasing twice is fine.
     pub fn release_ip(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
-        run(nsenter(self.info.holder_pid).args([
-            "ip",
-            "addr",
-            "del",
-            &format!("{ip}/32"),
-            "dev",
-            "eth0",
-        ]))?;
+        let out = nsenter(self.info.holder_pid)
+            .args(["ip", "addr", "del", &format!("{ip}/32"), "dev", "eth0"])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && !err.contains("not found") && !err.contains("Cannot assign") {
+            bail!("releasing pod IP {ip}: {}", err.trim());
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! line and dispatches. It is not a build system: cargo builds, xtask orchestrates.
 
 mod cluster;
+mod simulate;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ enum Command {
     /// Build, start, stop and inspect the local Kubernetes control plane.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Run the deterministic load simulator and compare balancing policies.
+    Simulate(simulate::Args),
     /// Run everything CI runs: install what the tests need, then fmt, clippy and the tests.
     Test(test::Args),
 }
@@ -27,6 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
     }
 }

@@ -1,0 +1,198 @@
+//! Wires the parts together and runs them until SIGTERM or Ctrl-C.
+//!
+//! ```text
+//!  kube Client ─> watch::run ─> TopologySender ─┬─> xDS services (tonic, TLS optional)
+//!                     │                         └─> admin (axum)
+//!                     └─> WatchStatus ──────────────> /readyz, /metrics
+//! ```
+//!
+//! Shutdown: a signal flips one `watch` flag; the xDS server stops
+//! accepting, every stream ends with UNAVAILABLE so clients move to another
+//! replica, the admin server and the watchers stop; after
+//! `--shutdown-grace` the process exits regardless.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use proto::xds::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
+use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use proto::xds::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
+use proto::xds::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
+use proto::xds::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::serve::{ClientRegistry, Shared, XdsServices};
+use crate::source::{SourceConfig, SourceProvider};
+use crate::topology;
+use crate::watch::{self as kwatch, Scope, WatchStatus};
+
+/// Sets up logging as `--log-format` asks; `RUST_LOG` filters (default `info`).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn kube_client(config: &ServerConfig) -> anyhow::Result<kube::Client> {
+    let kube_config = match &config.args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig, and neither in-cluster config nor $KUBECONFIG works")?,
+    };
+    Ok(kube::Client::try_from(kube_config)?)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    run_until(config, signal()).await
+}
+
+/// Runs the server until `stop` resolves (in-process tests pass their own).
+pub async fn run_until(
+    config: ServerConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = kube_client(&config).await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (topology_tx, topology_rx) = topology::channel();
+    let (status_tx, status_rx) = watch::channel(WatchStatus::default());
+    let metrics = Arc::new(Metrics::new());
+    let clients = Arc::new(ClientRegistry::default());
+
+    let scope = Scope {
+        namespaces: config.args.namespaces.clone(),
+        service_selector: config.args.service_selector.clone(),
+    };
+    let watcher = tokio::spawn(kwatch::run(
+        client,
+        scope,
+        config.index.clone(),
+        config.publisher.clone(),
+        topology_tx,
+        status_tx,
+        shutdown_rx.clone(),
+    ));
+
+    let shared = Arc::new(Shared {
+        topology: topology_rx.clone(),
+        sources: SourceProvider::new(
+            SourceConfig {
+                zone_aware: config.args.zone_aware,
+                include_unhealthy: config.args.include_unhealthy,
+            },
+            Arc::clone(&metrics),
+        ),
+        clients: Arc::clone(&clients),
+        shutdown: shutdown_rx.clone(),
+        outbox: config.args.subscriber_queue,
+        metrics: Arc::clone(&metrics),
+    });
+    let services = XdsServices(shared);
+    let mut server = Server::builder();
+    if let (Some(cert), Some(key)) = (&config.args.tls_cert, &config.args.tls_key) {
+        let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &config.args.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        server = server
+            .tls_config(tls)
+            .context("configuring TLS for the xDS server")?;
+    }
+    let xds_addr = config.args.xds_addr;
+    let listener = tokio::net::TcpListener::bind(xds_addr)
+        .await
+        .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
+    info!(addr = %listener.local_addr()?, "xDS server listening");
+    let mut xds_shutdown = shutdown_rx.clone();
+    let xds = tokio::spawn(
+        server
+            .add_service(AggregatedDiscoveryServiceServer::new(services.clone()))
+            .add_service(EndpointDiscoveryServiceServer::new(services.clone()))
+            .add_service(ClusterDiscoveryServiceServer::new(services.clone()))
+            .add_service(ListenerDiscoveryServiceServer::new(services.clone()))
+            .add_service(RouteDiscoveryServiceServer::new(services))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = xds_shutdown.wait_for(|s| *s).await;
+                },
+            ),
+    );
+
+    let admin_state = AdminState {
+        topology: topology_rx,
+        status: status_rx,
+        clients,
+        metrics,
+    };
+    info!(addr = %config.args.admin_addr, "admin server listening");
+    let admin = tokio::spawn(admin::serve(
+        config.args.admin_addr,
+        admin_state,
+        shutdown_rx.clone(),
+    ));
+
+    tokio::select! {
+        _ = stop => info!("stopping: closing streams so clients reconnect elsewhere"),
+        r = watcher => return Err(flatten(r).err().unwrap_or_else(|| anyhow::anyhow!("the Kubernetes watcher stopped"))),
+        r = admin => return Err(flatten(r).err().unwrap_or_else(|| anyhow::anyhow!("the admin server stopped"))),
+    }
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(config.args.shutdown_grace, xds).await {
+        Ok(r) => flatten(r.map(|r| r.map_err(anyhow::Error::from)))?,
+        Err(_) => {
+            warn!(grace = ?config.args.shutdown_grace, "streams did not close within the grace period; exiting")
+        }
+    }
+    Ok(())
+}
+
+fn flatten<T>(r: Result<anyhow::Result<T>, tokio::task::JoinError>) -> anyhow::Result<T> {
+    r.map_err(anyhow::Error::from)?
+}

@@ -1,0 +1,254 @@
+//! eds-server's command line: flags with environment fallbacks, validated
+//! into the typed configuration of each part, reporting every bad setting
+//! at once.
+//!
+//! Not where defaults are reasoned about: each part's `Default` (index,
+//! publisher) says why; the flags here only expose them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::k8s::{IndexConfig, PublisherConfig};
+
+/// Watches Kubernetes Services and EndpointSlices and serves them over Envoy xDS.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "eds-server", version, about)]
+pub struct Args {
+    /// Address of the xDS gRPC server (ADS, EDS, CDS, LDS, RDS; SotW and delta).
+    #[arg(long, env = "EDS_XDS_ADDR", default_value = "0.0.0.0:18000")]
+    pub xds_addr: SocketAddr,
+
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics, /debug/*).
+    #[arg(long, env = "EDS_ADMIN_ADDR", default_value = "0.0.0.0:18001")]
+    pub admin_addr: SocketAddr,
+
+    /// Kubeconfig to use; without it, in-cluster config or $KUBECONFIG.
+    #[arg(long, env = "EDS_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespaces to watch (repeat or comma-separate); all when empty.
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        env = "EDS_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Only Services matching this label selector are served (e.g. `eds.rs/expose=true`).
+    #[arg(long, env = "EDS_SERVICE_SELECTOR")]
+    pub service_selector: Option<String>,
+
+    /// Pod labels to copy into endpoint metadata for every service (comma-separated);
+    /// a Service's `eds.rs/pod-labels` annotation adds its own. Enables the Pod watch.
+    #[arg(long, env = "EDS_POD_LABELS", value_delimiter = ',')]
+    pub pod_labels: Vec<String>,
+
+    /// Send not-serving endpoints as UNHEALTHY instead of leaving them out.
+    #[arg(long, env = "EDS_INCLUDE_UNHEALTHY")]
+    pub include_unhealthy: bool,
+
+    /// Kubernetes events within this window are coalesced into one push (e.g. 100ms, 1s).
+    #[arg(long, env = "EDS_COALESCE_WINDOW", default_value = "100ms", value_parser = parse_duration)]
+    pub coalesce_window: Duration,
+
+    /// An update that removes more than this share of a service's endpoints at
+    /// once is held back for the grace period unless it persists (1 disables).
+    #[arg(long, env = "EDS_MASS_DROP_FRACTION", default_value_t = 0.5)]
+    pub mass_drop_fraction: f64,
+
+    /// How long a mass drop is held back.
+    #[arg(long, env = "EDS_MASS_DROP_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub mass_drop_grace: Duration,
+
+    /// Shape locality weights per client zone (from the xDS Node locality).
+    #[arg(long, env = "EDS_ZONE_AWARE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub zone_aware: bool,
+
+    /// Per-subscriber bound on pending updates; the queue keeps the latest per resource.
+    #[arg(long, env = "EDS_SUBSCRIBER_QUEUE", default_value_t = 1024)]
+    pub subscriber_queue: usize,
+
+    /// PEM certificate for the xDS and admin servers (TLS on when set).
+    #[arg(long, env = "EDS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "EDS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle; when set, xDS clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "EDS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How long to wait for streams to close on SIGTERM before exiting.
+    #[arg(long, env = "EDS_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "EDS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Everything wrong with a command line, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The flags as given.
+    pub args: Args,
+    /// Index rules.
+    pub index: IndexConfig,
+    /// Publishing rules.
+    pub publisher: PublisherConfig,
+}
+
+impl Args {
+    /// Validates every setting, collecting all problems.
+    pub fn validate(self) -> Result<ServerConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+        for ns in &self.namespaces {
+            if lb_core::ServiceKey::new("x", ns, lb_core::PortRef::Number(1)).is_err() {
+                errors.push(format!(
+                    "--namespace {ns:?} is not a valid Kubernetes namespace name"
+                ));
+            }
+        }
+        if self.subscriber_queue == 0 {
+            errors.push("--subscriber-queue must be at least 1".into());
+        }
+        for (flag, path) in [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--tls-client-ca", &self.tls_client_ca),
+            ("--kubeconfig", &self.kubeconfig),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                errors.push(format!("{flag} {}: no such file", path.display()));
+            }
+        }
+        if self.xds_addr == self.admin_addr && self.xds_addr.port() != 0 {
+            errors.push(format!(
+                "--xds-addr and --admin-addr are both {}",
+                self.xds_addr
+            ));
+        }
+        let index = IndexConfig {
+            pod_labels: self
+                .pod_labels
+                .iter()
+                .filter(|l| !l.is_empty())
+                .cloned()
+                .collect(),
+            include_unhealthy: self.include_unhealthy,
+            ..IndexConfig::default()
+        };
+        let publisher = PublisherConfig {
+            coalesce_window: self.coalesce_window,
+            mass_drop_fraction: self.mass_drop_fraction,
+            mass_drop_grace: self.mass_drop_grace,
+            ..PublisherConfig::default()
+        };
+        if let Err(e) = publisher.validate() {
+            errors.push(e.to_string());
+        }
+        if errors.is_empty() {
+            Ok(ServerConfig {
+                args: self,
+                index,
+                publisher,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 250ms, 5s, 2m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, String> {
+        let mut argv = vec!["eds-server"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.args.coalesce_window, Duration::from_millis(100));
+        assert!(config.args.zone_aware);
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse(&[
+            "--namespace",
+            "Not_A_Namespace",
+            "--subscriber-queue",
+            "0",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--mass-drop-fraction",
+            "1.5",
+        ])
+        .unwrap_err();
+        for needle in [
+            "Not_A_Namespace",
+            "--subscriber-queue",
+            "/nonexistent/kubeconfig",
+            "1.5",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_key_without_cert_is_refused() {
+        assert!(parse(&["--tls-key", "/tmp/key.pem"]).is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! From a published [`Topology`] to the xDS resources each client sees: the
+//! [`ResourceSource`] the protocol state machines read.
+//!
+//! ```text
+//!  Arc<Topology> ──SourceProvider::source──> Arc<SnapshotSource>   (one per topology version)
+//!                                               │ get(type, name as asked, client zone)
+//!                                               v
+//!                       encode once per (type, name, zone shape), cache, share the Arc
+//! ```
+//!
+//! - Every accepted form of a service key resolves to the same Service port
+//!   and is answered under the exact name asked (DESIGN.md, "Names").
+//! - Versions are a hash of the encoded bytes: derived from content, so two
+//!   replicas agree and a client that reconnects elsewhere is sent nothing new.
+//! - Per-client zone awareness: with the client's zone (xDS `Node.locality`),
+//!   locality weights follow `lb_core::zone::spill_shares`; zones that get
+//!   no share stay as a failover priority. Stock gRPC clients and Envoy get
+//!   zone affinity with proportional spillover without a "local cluster".
+//! - The service's policy comes from the `eds.rs/lb-policy` annotation
+//!   (`eds.rs/lb-policy.<port-name>` overrides per port) and
+//!   `eds.rs/hash-header`; an unknown value is logged, counted and replaced
+//!   by the default.
+//!
+//! Not here: protocol state (see [`crate::xds`]) or message layout (see
+//! `proto::resources`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use lb_core::zone::{ZoneCapacity, spill_shares};
+use lb_core::{EndpointSet, Health, PortRef, ServiceKey};
+use proto::resources::{
+    ClaOptions, LbPolicy, cluster, cluster_load_assignment, listener, pack, route_configuration,
+};
+use tracing::warn;
+
+use crate::metrics::Metrics;
+use crate::topology::{ServiceMeta, Topology};
+use crate::xds::{ClientInfo, Lookup, Resource, ResourceSource, ResourceType, ResourceVersion};
+
+/// Settings that shape resources.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Shape locality weights per client zone.
+    pub zone_aware: bool,
+    /// Send UNHEALTHY endpoints (the index only includes them when asked).
+    pub include_unhealthy: bool,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            zone_aware: true,
+            include_unhealthy: false,
+        }
+    }
+}
+
+/// Hands out one [`SnapshotSource`] per topology, so every stream reading the
+/// same topology shares one encode cache.
+#[derive(Debug)]
+pub struct SourceProvider {
+    config: SourceConfig,
+    metrics: Arc<Metrics>,
+    current: Mutex<Option<Arc<SnapshotSource>>>,
+}
+
+impl SourceProvider {
+    /// A provider with nothing published yet.
+    pub fn new(config: SourceConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            config,
+            metrics,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The source for `topology`; `None` (not synced yet) gives a source that
+    /// answers "not ready" to everything, so early streams wait.
+    pub fn source(&self, topology: Option<Arc<Topology>>) -> Arc<dyn ResourceSource + Send + Sync> {
+        let Some(topology) = topology else {
+            return Arc::new(NotReady);
+        };
+        let Ok(mut current) = self.current.lock() else {
+            return Arc::new(SnapshotSource::new(
+                topology,
+                self.config.clone(),
+                Arc::clone(&self.metrics),
+            ));
+        };
+        match &*current {
+            Some(s) if Arc::ptr_eq(&s.topology, &topology) => Arc::clone(s) as _,
+            _ => {
+                let fresh = Arc::new(SnapshotSource::new(
+                    topology,
+                    self.config.clone(),
+                    Arc::clone(&self.metrics),
+                ));
+                *current = Some(Arc::clone(&fresh));
+                fresh
+            }
+        }
+    }
+}
+
+/// Before the first sync: nothing exists and nothing is missing.
+#[derive(Debug)]
+struct NotReady;
+
+impl ResourceSource for NotReady {
+    fn get(&self, _: ResourceType, _: &str, _: &ClientInfo) -> Lookup<Arc<Resource>> {
+        Lookup::NotReady
+    }
+
+    fn names(&self, _: ResourceType, _: &ClientInfo) -> Option<Vec<String>> {
+        None
+    }
+}
+
+type CacheKey = (ResourceType, String, Option<String>);
+
+/// The resources of one topology, encoded lazily and cached.
+#[derive(Debug)]
+pub struct SnapshotSource {
+    topology: Arc<Topology>,
+    config: SourceConfig,
+    metrics: Arc<Metrics>,
+    cache: Mutex<HashMap<CacheKey, Arc<Resource>>>,
+}
+
+impl SnapshotSource {
+    /// A source over `topology`.
+    pub fn new(topology: Arc<Topology>, config: SourceConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            topology,
+            config,
+            metrics,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn build(&self, ty: ResourceType, name: &str, zone: Option<&str>) -> Option<Resource> {
+        let key: ServiceKey = name.parse().ok()?;
+        let canonical = self.topology.resolve(&key)?;
+        let meta = self.topology.service(&key)?;
+        // The version hashes what the body is made of, never its bytes:
+        // prost encodes protobuf maps (endpoint metadata) in hash order, so
+        // bytes differ between processes for the same content.
+        let (body, recipe) = match ty {
+            ResourceType::Listener => (pack(&listener(name)), String::new()),
+            ResourceType::RouteConfiguration | ResourceType::Cluster => {
+                let policy = self.policy(meta, &canonical);
+                let body = if ty == ResourceType::Cluster {
+                    pack(&cluster(name, &policy))
+                } else {
+                    pack(&route_configuration(name, &policy))
+                };
+                (body, format!("{policy:?}"))
+            }
+            ResourceType::ClusterLoadAssignment => {
+                let set = self
+                    .topology
+                    .snapshot
+                    .get(&canonical)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut opts = ClaOptions::default().with_unhealthy(self.config.include_unhealthy);
+                let mut placement = BTreeMap::new();
+                // Ring hash multiplies locality weight into endpoint weight: per-zone
+                // weights would map one key to different endpoints from different zones.
+                let hashing = self.policy(meta, &canonical).hash_header().is_some()
+                    || matches!(
+                        self.policy(meta, &canonical),
+                        LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
+                    );
+                if let (Some(zone), false) = (zone, hashing) {
+                    placement = zone_placement(&set, zone);
+                    opts = opts.with_placement_map(placement.clone());
+                }
+                (
+                    pack(&cluster_load_assignment(name, &set, &opts)),
+                    format!(
+                        "{}|{}|{placement:?}",
+                        set.version(),
+                        self.config.include_unhealthy
+                    ),
+                )
+            }
+        };
+        let version = format!(
+            "{:016x}",
+            lb_core::rng::hash_bytes(format!("{}|{name}|{recipe}", ty.short_name()).as_bytes())
+        );
+        Some(Resource::new(name, ResourceVersion::new(&version), body))
+    }
+
+    fn policy(&self, meta: &ServiceMeta, key: &ServiceKey) -> LbPolicy {
+        let port_name = meta
+            .ports
+            .iter()
+            .find(|p| matches!(key.port(), PortRef::Number(n) if *n == p.port))
+            .and_then(|p| p.name.clone());
+        let value = port_name
+            .and_then(|n| meta.annotations.get(&format!("lb-policy.{n}")))
+            .or_else(|| meta.annotations.get("lb-policy"));
+        let Some(value) = value else {
+            return LbPolicy::default();
+        };
+        let policy = match value.parse::<LbPolicy>() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(service = %key, %e, "unknown eds.rs/lb-policy; using the default");
+                self.metrics.set_state("invalid_lb_policy_annotations", 1);
+                return LbPolicy::default();
+            }
+        };
+        match meta.annotations.get("hash-header") {
+            Some(header) if policy.hash_header().is_none() => {
+                match policy.clone().with_hash_header(header) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(service = %key, %e, "unusable eds.rs/hash-header; hashing without a header");
+                        policy
+                    }
+                }
+            }
+            _ => policy,
+        }
+    }
+}
+
+/// Per-zone (weight, priority) for a client in `local`: zones with a share of
+/// the client's traffic at priority 0, weighted by it (scaled to 1..=10000);
+/// the rest at priority 1, a failover that takes traffic only if priority 0
+/// has nothing healthy.
+pub fn zone_placement(set: &EndpointSet, local: &str) -> BTreeMap<String, (NonZeroU32, u32)> {
+    let mut zones: BTreeMap<&str, ZoneCapacity> = BTreeMap::new();
+    for e in set.endpoints() {
+        let z = zones.entry(e.zone_or_empty()).or_default();
+        let w = f64::from(e.weight.get());
+        z.total += w;
+        if e.health == Health::Healthy {
+            z.healthy += w;
+        }
+    }
+    let names: Vec<&str> = zones.keys().copied().collect();
+    let caps: Vec<ZoneCapacity> = zones.values().copied().collect();
+    let local_index = names.iter().position(|z| *z == local);
+    let Ok(shares) = spill_shares(local_index, &caps, None) else {
+        return BTreeMap::new();
+    };
+    if shares.iter().all(|s| *s <= 0.0) {
+        // Nothing healthy anywhere: leave the default placement alone.
+        return BTreeMap::new();
+    }
+    names
+        .iter()
+        .zip(shares)
+        .map(|(zone, share)| {
+            let placement = if share > 0.0 {
+                let weight = (share * 10_000.0).round().clamp(1.0, 10_000.0) as u32;
+                (NonZeroU32::new(weight).unwrap_or(NonZeroU32::MIN), 0)
+            } else {
+                (NonZeroU32::MIN, 1)
+            };
+            ((*zone).to_owned(), placement)
+        })
+        .collect()
+}
+
+impl ResourceSource for SnapshotSource {
+    fn get(&self, ty: ResourceType, name: &str, client: &ClientInfo) -> Lookup<Arc<Resource>> {
+        let zone = match ty {
+            ResourceType::ClusterLoadAssignment if self.config.zone_aware => client.zone.clone(),
+            _ => None,
+        };
+        let key = (ty, name.to_owned(), zone);
+        if let Ok(cache) = self.cache.lock()
+            && let Some(found) = cache.get(&key)
+        {
+            return Lookup::Found(Arc::clone(found));
+        }
+        match self.build(ty, name, key.2.as_deref()) {
+            Some(resource) => {
+                let resource = Arc::new(resource);
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.insert(key, Arc::clone(&resource));
+                }
+                Lookup::Found(resource)
+            }
+            None => Lookup::DoesNotExist,
+        }
+    }
+
+    fn names(&self, ty: ResourceType, _client: &ClientInfo) -> Option<Vec<String>> {
+        match ty {
+            ResourceType::Listener | ResourceType::Cluster => Some(
+                self.topology
+                    .snapshot
+                    .services()
+                    .map(|(k, _)| k.to_string())
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_core::Endpoint;
+    use std::net::SocketAddr;
+
+    fn set(zones: &[(&str, Health)]) -> EndpointSet {
+        EndpointSet::merge(
+            zones
+                .iter()
+                .enumerate()
+                .map(|(i, (z, h))| {
+                    Endpoint::new(SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)))
+                        .with_zone(*z)
+                        .with_health(*h)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_healthy_local_zone_keeps_everything_local() {
+        use Health::Healthy as H;
+        let p = zone_placement(&set(&[("a", H), ("a", H), ("b", H), ("b", H)]), "a");
+        assert_eq!(p["a"], (NonZeroU32::new(10_000).unwrap(), 0));
+        assert_eq!(p["b"].1, 1, "b is failover only: {p:?}");
+    }
+
+    #[test]
+    fn a_degraded_local_zone_spills_in_proportion() {
+        use Health::{Healthy as H, Unhealthy as U};
+        // a has 1 of 3 healthy, b has 3 of 3: a keeps what it can, spills the rest to b.
+        let p = zone_placement(
+            &set(&[("a", H), ("a", U), ("a", U), ("b", H), ("b", H), ("b", H)]),
+            "a",
+        );
+        assert_eq!(p["a"].1, 0);
+        assert_eq!(p["b"].1, 0);
+        let (wa, wb) = (f64::from(p["a"].0.get()), f64::from(p["b"].0.get()));
+        let local = wa / (wa + wb);
+        // u_a = 1/4, c_a = 1/2: local share = 0.5.
+        assert!((local - 0.5).abs() < 0.01, "local share {local}");
+    }
+
+    #[test]
+    fn nothing_healthy_leaves_placement_alone() {
+        assert!(zone_placement(&set(&[("a", Health::Draining)]), "a").is_empty());
+    }
+}

@@ -1,0 +1,987 @@
+//! Incremental (delta) xDS, one stream: per-resource subscriptions and
+//! versions, `removed_resources`, ACK/NACK by nonce.
+//!
+//! ```text
+//!  per resource name, per type            request: subscribe / unsubscribe / initial versions /
+//!                                                  nonce (+ error_detail)
+//!   ┌─────────────┐ subscribe        ┌──────────────────┐
+//!   │ unknown     │ ───────────────> │ subscribed, owed │──┐ exists ──> sent @v ──> known @v ─┐
+//!   └─────────────┘                  └──────────────────┘  │                                 │
+//!        ^    ^ initial_resource_versions ─> known @v       └ missing ─> removed ─> wanted,   │
+//!        │    │                       (not owed: the client       (reported once)  not known  │
+//!        │    │                        has it; sent only if          │ appears               │
+//!        │    │                        the version differs)          └──────> sent @v ───────>┤
+//!        │    └───────────── unsubscribe (client drops it) ──────────────────────────────────┤
+//!        └────────────────── deleted from the snapshot ──> removed ──────────────────────────┘
+//!   known @v ── update to @w ──> sent @w ──> known @w      (NACK: known stays @w, not resent)
+//!
+//!   each response: nonce N ──> in flight ──ACK N──> acked versions per resource
+//!                                        ──NACK N─> last NACK (version, resources, message)
+//! ```
+//!
+//! Decisions, with the sections of the Envoy "xDS REST and gRPC protocol"
+//! document they rest on ("Incremental xDS" unless named):
+//!
+//! - **What the client holds**: `known`, name to version. Filled from
+//!   `initial_resource_versions` on the first request of a type on the
+//!   stream (a reconnect), then from every response. A resource is sent when
+//!   its version differs from `known`, so a reconnect does not resend what
+//!   the client already has at the current version.
+//! - **Subscribing** (`DeltaDiscoveryRequest.resource_names_subscribe`):
+//!   "the server must respond with all resources listed, even if it believes
+//!   the client has the most recent version" (the client may have dropped
+//!   them and regained interest). Except names the same first request also
+//!   lists in `initial_resource_versions`: there the client has just told us
+//!   what it holds, which is the point of that field.
+//! - **Missing resources** ("Deleting Resources", "Knowing When a Requested
+//!   Resource Does Not Exist"): a subscribed name that does not exist is
+//!   listed in `removed_resources` once (at subscribe time, or when deleted),
+//!   then remembered; if it appears later it is sent.
+//! - **Wildcard** (LDS/CDS only; "How the client specifies what resources
+//!   to return"): the first request with an empty subscribe list is the
+//!   legacy wildcard, `*` subscribes and unsubscribes it explicitly, and
+//!   named subscriptions add to it. A wildcard resource deleted from the
+//!   snapshot is removed. Unsubscribing a name the wildcard still covers
+//!   leaves it with the client (Envoy keeps it as "ambiguous").
+//! - **Unsubscribing** ("Unsubscribing From Resources"): forgotten; the
+//!   client drops it itself, so no removal is sent.
+//! - **ACK/NACK**: by nonce, with `error_detail` marking a NACK. Responses
+//!   are not held back while one is in flight; each nonce remembers what it
+//!   carried (a bounded window), so an ACK records per-resource versions even
+//!   when it arrives after a newer response went out. A nonce outside the
+//!   window is stale; its subscription changes still apply (the note added
+//!   by envoyproxy/envoy#16659: "the server must honor changes to the
+//!   subscription state even if the nonce is stale").
+//! - **NACK**: logged, counted, kept. `known` already holds the rejected
+//!   version, so it is not resent; a newer version is.
+//! - **Cluster warming** ("Resource warming"): on ADS, when a cluster that
+//!   the client had changes, its ClusterLoadAssignment of the same name is
+//!   owed again, because Envoy re-warms the cluster and waits for one
+//!   (go-control-plane#245). Cluster and assignment names are both the
+//!   service key here (DESIGN.md, "Names everyone shares").
+//! - `system_version_info` is a hash of what the client holds after the
+//!   response; informational only.
+//!
+//! What this module is not: it does no IO and holds no resources. The async
+//! glue may merge two unsent responses of one type with
+//! [`DeltaStream::coalesce`] (which keeps the nonce bookkeeping right) when
+//! its [`super::queue::LatestQueue`] already holds one.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::SystemTime;
+
+use proto::xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+};
+use tracing::{debug, warn};
+
+use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
+use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
+use super::{
+    NonceSeq, PUSH_ORDER, ResourceType, StreamKind, XdsError, content_version, is_full_state,
+};
+
+/// How many unacknowledged responses per type keep their contents for
+/// per-resource ACK bookkeeping. A client answers every response in order,
+/// so more than a few in flight means it is far behind; older ones then
+/// count as stale, which only affects the admin view.
+const IN_FLIGHT_WINDOW: usize = 16;
+
+/// The incremental protocol state of one gRPC stream (delta ADS or a
+/// per-type delta service).
+#[derive(Debug)]
+pub struct DeltaStream {
+    kind: StreamKind,
+    client: ClientInfo,
+    client_known: bool,
+    nonces: NonceSeq,
+    types: BTreeMap<ResourceType, TypeState>,
+    errors: u64,
+}
+
+/// One type's state on the stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: bool,
+    /// Explicitly subscribed names (without `*`).
+    subscribed: BTreeSet<String>,
+    /// What the client holds, as far as we know: name to version.
+    known: BTreeMap<String, ResourceVersion>,
+    /// Names that must be answered (sent, or reported removed) even if
+    /// `known` says the client has them.
+    owed: BTreeSet<String>,
+    /// Whether any response for this type went out.
+    answered: bool,
+    in_flight: VecDeque<InFlight>,
+    last_system_version: Option<String>,
+    acked_version: Option<String>,
+    acked: BTreeMap<String, ResourceVersion>,
+    last_ack_at: Option<SystemTime>,
+    last_nack: Option<NackRecord>,
+    counters: Counters,
+}
+
+/// What one unacknowledged response carried.
+#[derive(Debug)]
+struct InFlight {
+    nonce: u64,
+    system_version: String,
+    /// Name to version sent, or `None` for a removal.
+    changes: BTreeMap<String, Option<ResourceVersion>>,
+}
+
+impl TypeState {
+    fn take_in_flight(&mut self, nonce: &str) -> Option<InFlight> {
+        let n: u64 = nonce.parse().ok()?;
+        let at = self.in_flight.iter().position(|f| f.nonce == n)?;
+        // The client answers in order: older ones were answered already or
+        // merged away by the outbox.
+        self.in_flight.drain(..=at).next_back()
+    }
+
+    fn stats(&self, ty: ResourceType) -> TypeStats {
+        TypeStats {
+            type_url: ty.type_url(),
+            wildcard: self.wildcard,
+            subscribed: self.subscribed.iter().cloned().collect(),
+            sent_version: self.last_system_version.clone(),
+            pending_nonce: self.in_flight.back().map(|f| f.nonce.to_string()),
+            acked_version: self.acked_version.clone(),
+            acked_resources: self.acked.clone(),
+            last_ack_at: self.last_ack_at,
+            last_nack: self.last_nack.clone(),
+            counters: self.counters,
+        }
+    }
+}
+
+impl DeltaStream {
+    /// A new stream of `kind`. The client's identity comes from the first
+    /// request that carries a `Node`.
+    pub fn new(kind: StreamKind) -> Self {
+        DeltaStream {
+            kind,
+            client: ClientInfo::default(),
+            client_known: false,
+            nonces: NonceSeq::default(),
+            types: BTreeMap::new(),
+            errors: 0,
+        }
+    }
+
+    /// Who the client is (empty until a request with a `Node` arrived).
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// Handles one request received at `now`, reading resources from
+    /// `source`, and returns what to send: nothing or one response for the
+    /// request's type; on ADS, a cluster change may add an EDS response.
+    ///
+    /// An error (unknown type URL, ...) should end the stream with the
+    /// `tonic::Status` it converts into; the stream's state is unchanged.
+    pub fn handle_request<S: ResourceSource + ?Sized>(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        source: &S,
+        now: SystemTime,
+    ) -> Result<Vec<DeltaDiscoveryResponse>, XdsError> {
+        let ty = match self.kind.resolve(&req.type_url) {
+            Ok(ty) => ty,
+            Err(err) => {
+                self.errors += 1;
+                warn!(node = %self.client.node_id, %err, "rejecting delta xDS request");
+                return Err(err);
+            }
+        };
+        if !self.client_known
+            && let Some(node) = &req.node
+        {
+            self.client = ClientInfo::from_node(node);
+            self.client_known = true;
+        }
+        let first = !self.types.contains_key(&ty);
+        let st = self.types.entry(ty).or_default();
+        st.counters.requests += 1;
+
+        if !req.response_nonce.is_empty() {
+            match (st.take_in_flight(&req.response_nonce), &req.error_detail) {
+                (Some(flight), None) => {
+                    st.counters.acks += 1;
+                    for (name, version) in flight.changes {
+                        match version {
+                            Some(v) => st.acked.insert(name, v),
+                            None => st.acked.remove(&name),
+                        };
+                    }
+                    st.acked_version = Some(flight.system_version);
+                    st.last_ack_at = Some(now);
+                }
+                (flight, Some(detail)) => {
+                    let stale = flight.is_none();
+                    let record = NackRecord {
+                        rejected_version: flight
+                            .as_ref()
+                            .map(|f| f.system_version.clone())
+                            .unwrap_or_default(),
+                        client_version: String::new(),
+                        nonce: req.response_nonce.clone(),
+                        code: detail.code,
+                        message: detail.message.clone(),
+                        resources: flight
+                            .map(|f| f.changes.into_keys().collect())
+                            .unwrap_or_default(),
+                        stale,
+                        at: now,
+                    };
+                    if stale {
+                        st.counters.stale += 1;
+                    }
+                    warn!(
+                        node = %self.client.node_id,
+                        zone = self.client.zone.as_deref().unwrap_or(""),
+                        r#type = ty.short_name(),
+                        nonce = %record.nonce,
+                        rejected_version = %record.rejected_version,
+                        resources = ?record.resources,
+                        stale,
+                        code = record.code,
+                        message = %record.message,
+                        "client rejected a delta xDS response (NACK)"
+                    );
+                    st.counters.nacks += 1;
+                    st.last_nack = Some(record);
+                }
+                (None, None) => {
+                    st.counters.stale += 1;
+                    debug!(
+                        node = %self.client.node_id,
+                        r#type = ty.short_name(),
+                        nonce = %req.response_nonce,
+                        "stale or unknown nonce: no ACK effect; subscription changes still apply"
+                    );
+                }
+            }
+        }
+
+        let initial = req.initial_resource_versions;
+        if first {
+            for (name, version) in &initial {
+                let version = ResourceVersion::new(version);
+                st.known.insert(name.clone(), version.clone());
+                st.acked.insert(name.clone(), version);
+            }
+        } else if !initial.is_empty() {
+            // Only the first request of a type on a stream may carry it; the
+            // stream's own bookkeeping is more accurate than a late claim.
+            debug!(
+                node = %self.client.node_id,
+                r#type = ty.short_name(),
+                count = initial.len(),
+                "ignoring initial_resource_versions after the first request"
+            );
+        }
+
+        if first && is_full_state(ty) && req.resource_names_subscribe.is_empty() {
+            st.wildcard = true;
+        }
+        for name in req.resource_names_subscribe {
+            if name == "*" && is_full_state(ty) {
+                st.wildcard = true;
+                continue;
+            }
+            if !(first && initial.contains_key(&name)) {
+                st.owed.insert(name.clone());
+            }
+            st.subscribed.insert(name);
+        }
+        for name in req.resource_names_unsubscribe {
+            if name == "*" && is_full_state(ty) {
+                st.wildcard = false;
+                continue;
+            }
+            st.subscribed.remove(&name);
+            st.owed.remove(&name);
+            if !st.wildcard {
+                st.known.remove(&name);
+            }
+        }
+
+        let mut out = Vec::new();
+        self.respond_to(ty, source, &mut out);
+        if ty == ResourceType::Cluster && !out.is_empty() {
+            self.respond_to(ResourceType::ClusterLoadAssignment, source, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// A new snapshot arrived: what to send, in make-before-break order
+    /// (CDS, EDS, LDS, RDS), one response per type with changes.
+    pub fn on_update<S: ResourceSource + ?Sized>(
+        &mut self,
+        source: &S,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let mut out = Vec::new();
+        for ty in PUSH_ORDER {
+            self.respond_to(ty, source, &mut out);
+        }
+        out
+    }
+
+    /// Merges two responses of one type that were produced but not yet
+    /// sent, `older` first, into one the client can apply in their place,
+    /// and moves the nonce bookkeeping of `older` onto `newer`'s nonce.
+    /// For an outbox that keeps one pending response per type.
+    ///
+    /// Both must come from this stream and have the same `type_url`; if they
+    /// do not, `newer` is returned unchanged.
+    pub fn coalesce(
+        &mut self,
+        older: DeltaDiscoveryResponse,
+        mut newer: DeltaDiscoveryResponse,
+    ) -> DeltaDiscoveryResponse {
+        if older.type_url != newer.type_url {
+            debug_assert!(false, "coalescing responses of different types");
+            return newer;
+        }
+        // Name to the resource sent, or None for a removal; newer wins.
+        let mut merged: BTreeMap<String, Option<DeltaResource>> = BTreeMap::new();
+        let newer_resources = std::mem::take(&mut newer.resources);
+        let newer_removed = std::mem::take(&mut newer.removed_resources);
+        for (resources, removed) in [
+            (older.resources, older.removed_resources),
+            (newer_resources, newer_removed),
+        ] {
+            merged.extend(removed.into_iter().map(|name| (name, None)));
+            merged.extend(resources.into_iter().map(|r| (r.name.clone(), Some(r))));
+        }
+        for (name, entry) in merged {
+            match entry {
+                Some(res) => newer.resources.push(res),
+                None => newer.removed_resources.push(name),
+            }
+        }
+
+        // The client will only ever answer newer's nonce: it acknowledges
+        // what both carried.
+        if let Some(st) =
+            ResourceType::from_type_url(&newer.type_url).and_then(|ty| self.types.get_mut(&ty))
+        {
+            let older_changes = older
+                .nonce
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| st.in_flight.iter().position(|f| f.nonce == n))
+                .and_then(|at| st.in_flight.remove(at))
+                .map(|f| f.changes)
+                .unwrap_or_default();
+            if let Some(flight) = newer
+                .nonce
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| st.in_flight.iter_mut().find(|f| f.nonce == n))
+            {
+                for (name, change) in older_changes {
+                    flight.changes.entry(name).or_insert(change);
+                }
+            }
+        }
+        newer
+    }
+
+    /// A snapshot of this stream for the admin view.
+    pub fn stats(&self) -> SubscriberStats {
+        let mut counters = Counters::default();
+        let types = PUSH_ORDER
+            .into_iter()
+            .filter_map(|ty| self.types.get(&ty).map(|st| (ty, st)))
+            .map(|(ty, st)| {
+                counters.add(&st.counters);
+                st.stats(ty)
+            })
+            .collect();
+        SubscriberStats {
+            client: self.client.clone(),
+            protocol: Protocol::Delta,
+            stream: self.kind,
+            counters,
+            errors: self.errors,
+            types,
+        }
+    }
+
+    /// Appends the response for `ty` to `out` if one is due.
+    fn respond_to<S: ResourceSource + ?Sized>(
+        &mut self,
+        ty: ResourceType,
+        source: &S,
+        out: &mut Vec<DeltaDiscoveryResponse>,
+    ) {
+        let DeltaStream {
+            client,
+            nonces,
+            types,
+            ..
+        } = self;
+        let Some(st) = types.get_mut(&ty) else {
+            return;
+        };
+        let Some((response, updated)) = respond(ty, st, source, client, nonces) else {
+            return;
+        };
+        if ty == ResourceType::Cluster
+            && !updated.is_empty()
+            && let Some(eds) = types.get_mut(&ResourceType::ClusterLoadAssignment)
+        {
+            // Envoy re-warms an updated cluster and waits for its
+            // ClusterLoadAssignment even if it did not change.
+            for name in updated {
+                if eds.subscribed.contains(&name) {
+                    eds.owed.insert(name);
+                }
+            }
+        }
+        out.push(response);
+    }
+}
+
+/// The response for `ty` if one is due, recording it as sent. Also returns
+/// the names that replaced an older version the client had.
+fn respond<S: ResourceSource + ?Sized>(
+    ty: ResourceType,
+    st: &mut TypeState,
+    source: &S,
+    client: &ClientInfo,
+    nonces: &mut NonceSeq,
+) -> Option<(DeltaDiscoveryResponse, Vec<String>)> {
+    let mut wanted: BTreeSet<String> = st.subscribed.clone();
+    if st.wildcard {
+        // Not ready: say nothing rather than "removed".
+        wanted.extend(source.names(ty, client)?);
+    }
+
+    let mut resources = Vec::new();
+    let mut changes: BTreeMap<String, Option<ResourceVersion>> = BTreeMap::new();
+    let mut updated = Vec::new();
+    for name in &wanted {
+        let owed = st.owed.contains(name);
+        match source.version_of(ty, name, client) {
+            Lookup::Found(version) => {
+                let had = st.known.get(name);
+                if (owed || had != Some(&version))
+                    && let Lookup::Found(res) = source.get(ty, name, client)
+                {
+                    if had.is_some_and(|h| *h != version) {
+                        updated.push(name.clone());
+                    }
+                    resources.push(res.to_delta());
+                    changes.insert(name.clone(), Some(res.version().clone()));
+                }
+            }
+            Lookup::DoesNotExist => {
+                if owed || st.known.contains_key(name) {
+                    changes.insert(name.clone(), None);
+                }
+            }
+            // Neither sent nor removed; still owed for a later update.
+            Lookup::NotReady => {}
+        }
+    }
+    // Held by the client but covered by nothing any more (a wildcard
+    // resource deleted from the snapshot).
+    for name in st.known.keys() {
+        if !wanted.contains(name) {
+            changes.insert(name.clone(), None);
+        }
+    }
+
+    let first_wildcard_answer = st.wildcard && !st.answered;
+    if changes.is_empty() && !first_wildcard_answer {
+        return None;
+    }
+
+    let mut removed_resources = Vec::new();
+    for (name, change) in &changes {
+        st.owed.remove(name);
+        match change {
+            Some(v) => {
+                st.known.insert(name.clone(), v.clone());
+            }
+            None => {
+                st.known.remove(name);
+                removed_resources.push(name.clone());
+            }
+        }
+    }
+    let system_version_info = content_version(
+        st.known
+            .iter()
+            .map(|(name, version)| (name.as_str(), version.as_str())),
+    );
+    let (n, nonce) = nonces.next();
+    if st.in_flight.len() == IN_FLIGHT_WINDOW {
+        st.in_flight.pop_front();
+    }
+    st.in_flight.push_back(InFlight {
+        nonce: n,
+        system_version: system_version_info.clone(),
+        changes,
+    });
+    st.answered = true;
+    st.last_system_version = Some(system_version_info.clone());
+    st.counters.responses += 1;
+    Some((
+        DeltaDiscoveryResponse {
+            system_version_info,
+            resources,
+            type_url: ty.type_url().to_owned(),
+            removed_resources,
+            nonce,
+            ..Default::default()
+        },
+        updated,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::MemorySource;
+    use crate::xds::fixtures::*;
+
+    fn ads() -> DeltaStream {
+        DeltaStream::new(StreamKind::Aggregated)
+    }
+
+    fn ask(s: &mut DeltaStream, src: &MemorySource, r: DReq) -> Vec<DeltaDiscoveryResponse> {
+        s.handle_request(r.into(), src, t(0))
+            .expect("valid request")
+    }
+
+    fn one(mut out: Vec<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+        assert_eq!(out.len(), 1, "exactly one response: {out:?}");
+        out.remove(0)
+    }
+
+    fn ack(s: &mut DeltaStream, src: &MemorySource, ty: ResourceType, r: &DeltaDiscoveryResponse) {
+        let out = ask(s, src, dreq(ty).nonce(&r.nonce));
+        assert!(out.is_empty(), "an ACK needs no answer: {out:?}");
+    }
+
+    #[test]
+    fn first_subscribe_sends_each_resource_with_its_version() {
+        let src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "7")]);
+        let mut s = ads();
+        let r = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS)
+                .node("pod", "zone-a")
+                .subscribe(["a.demo:80", "b.demo:80"]),
+        ));
+        assert_eq!(r.type_url, EDS.type_url());
+        assert_eq!(sent(&r), ["a.demo:80@1", "b.demo:80@7"]);
+        assert!(r.removed_resources.is_empty());
+        assert!(!r.nonce.is_empty());
+        assert_eq!(s.client().zone.as_deref(), Some("zone-a"));
+    }
+
+    #[test]
+    fn ack_records_per_resource_versions() {
+        let src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "7")]);
+        let mut s = ads();
+        let r = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS).subscribe(["a.demo:80", "b.demo:80"]),
+        ));
+        let out = s
+            .handle_request(dreq(EDS).nonce(&r.nonce).into(), &src, t(5))
+            .unwrap();
+        assert!(out.is_empty());
+        let stats = s.stats();
+        let eds = stats.of(EDS).unwrap();
+        let acked: Vec<_> = eds
+            .acked_resources
+            .iter()
+            .map(|(n, v)| format!("{n}@{v}"))
+            .collect();
+        assert_eq!(acked, ["a.demo:80@1", "b.demo:80@7"]);
+        assert_eq!(
+            eds.acked_version.as_deref(),
+            Some(r.system_version_info.as_str())
+        );
+        assert_eq!(eds.last_ack_at, Some(t(5)));
+        assert_eq!(eds.pending_nonce, None);
+        assert_eq!(eds.counters.acks, 1);
+    }
+
+    #[test]
+    fn only_changed_resources_are_sent_on_update() {
+        let mut src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        let r = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS).subscribe(["a.demo:80", "b.demo:80"]),
+        ));
+        ack(&mut s, &src, EDS, &r);
+        src.insert(EDS, "b.demo:80", "2", b"b.demo:80@2");
+        let u = one(s.on_update(&src));
+        assert_eq!(sent(&u), ["b.demo:80@2"]);
+        assert!(s.on_update(&src).is_empty());
+    }
+
+    #[test]
+    fn nack_is_recorded_and_the_same_version_is_not_resent() {
+        let mut src = source(&[(EDS, "a.demo:80", "1")]);
+        let mut s = ads();
+        let r1 = one(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])));
+        ack(&mut s, &src, EDS, &r1);
+        src.insert(EDS, "a.demo:80", "2", b"a.demo:80@2");
+        let r2 = one(s.on_update(&src));
+        let out = s
+            .handle_request(
+                dreq(EDS)
+                    .nonce(&r2.nonce)
+                    .nack("no healthy endpoint")
+                    .into(),
+                &src,
+                t(9),
+            )
+            .unwrap();
+        assert!(out.is_empty());
+        assert!(s.on_update(&src).is_empty(), "v2 is not resent");
+
+        let stats = s.stats();
+        let eds = stats.of(EDS).unwrap();
+        let last = eds.last_nack.as_ref().unwrap();
+        assert_eq!(last.nonce, r2.nonce);
+        assert_eq!(last.rejected_version, r2.system_version_info);
+        assert_eq!(last.resources, ["a.demo:80"]);
+        assert_eq!(last.message, "no healthy endpoint");
+        assert_eq!(last.at, t(9));
+        assert!(!last.stale);
+        assert_eq!(eds.counters.nacks, 1);
+        assert_eq!(
+            eds.acked_resources.get("a.demo:80").map(|v| v.as_str()),
+            Some("1"),
+            "the client still runs v1"
+        );
+
+        src.insert(EDS, "a.demo:80", "3", b"a.demo:80@3");
+        assert_eq!(sent(&one(s.on_update(&src))), ["a.demo:80@3"]);
+    }
+
+    #[test]
+    fn update_while_an_ack_is_pending_goes_out_and_late_acks_still_count() {
+        let mut src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        let r1 = one(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])));
+        let r2 = one(ask(&mut s, &src, dreq(EDS).subscribe(["b.demo:80"])));
+        assert_ne!(r1.nonce, r2.nonce);
+        src.insert(EDS, "a.demo:80", "2", b"a.demo:80@2");
+        let r3 = one(s.on_update(&src));
+        assert_eq!(sent(&r3), ["a.demo:80@2"]);
+
+        // The ACKs arrive in order, after r3 went out.
+        ack(&mut s, &src, EDS, &r1);
+        ack(&mut s, &src, EDS, &r2);
+        let stats = s.stats();
+        let eds = stats.of(EDS).unwrap();
+        assert_eq!(eds.counters.acks, 2);
+        assert_eq!(eds.pending_nonce.as_deref(), Some(r3.nonce.as_str()));
+        let acked: Vec<_> = eds
+            .acked_resources
+            .iter()
+            .map(|(n, v)| format!("{n}@{v}"))
+            .collect();
+        assert_eq!(acked, ["a.demo:80@1", "b.demo:80@1"]);
+    }
+
+    #[test]
+    fn resubscribing_resends_even_an_unchanged_resource() {
+        let src = source(&[(EDS, "a.demo:80", "1")]);
+        let mut s = ads();
+        let r = one(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])));
+        ack(&mut s, &src, EDS, &r);
+        assert!(ask(&mut s, &src, dreq(EDS).unsubscribe(["a.demo:80"])).is_empty());
+        let again = one(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])));
+        assert_eq!(sent(&again), ["a.demo:80@1"]);
+        // Even without the unsubscribe in between (DeltaSubscriptionStateTest.RemoveThenAdd).
+        let twice = one(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])));
+        assert_eq!(sent(&twice), ["a.demo:80@1"]);
+    }
+
+    #[test]
+    fn unsubscribed_resources_are_no_longer_sent() {
+        let mut src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        one(ask(
+            &mut s,
+            &src,
+            dreq(EDS).subscribe(["a.demo:80", "b.demo:80"]),
+        ));
+        let out = ask(&mut s, &src, dreq(EDS).unsubscribe(["b.demo:80"]));
+        assert!(out.is_empty(), "the client drops it itself: {out:?}");
+        src.insert(EDS, "b.demo:80", "2", b"")
+            .remove(EDS, "a.demo:80");
+        let u = one(s.on_update(&src));
+        assert!(u.resources.is_empty());
+        assert_eq!(u.removed_resources, ["a.demo:80"]);
+        assert_eq!(
+            s.stats().of(EDS).unwrap().subscribed,
+            ["a.demo:80"],
+            "still wanted: sent again if it comes back"
+        );
+    }
+
+    #[test]
+    fn missing_resource_is_reported_removed_once_and_sent_when_it_appears() {
+        let mut src = source(&[(EDS, "a.demo:80", "1")]);
+        let mut s = ads();
+        let r = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS).subscribe(["a.demo:80", "nope.demo:80"]),
+        ));
+        assert_eq!(sent(&r), ["a.demo:80@1"]);
+        assert_eq!(r.removed_resources, ["nope.demo:80"]);
+        assert!(s.on_update(&src).is_empty(), "reported once");
+
+        src.insert(EDS, "nope.demo:80", "1", b"");
+        assert_eq!(sent(&one(s.on_update(&src))), ["nope.demo:80@1"]);
+        src.remove(EDS, "nope.demo:80");
+        assert_eq!(one(s.on_update(&src)).removed_resources, ["nope.demo:80"]);
+    }
+
+    #[test]
+    fn reconnect_does_not_resend_what_the_client_has() {
+        let src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "2")]);
+        let mut s = ads();
+        let r = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS)
+                .subscribe(["a.demo:80", "b.demo:80", "c.demo:80"])
+                .initial([("a.demo:80", "1"), ("b.demo:80", "1"), ("c.demo:80", "1")]),
+        ));
+        assert_eq!(sent(&r), ["b.demo:80@2"], "a is current; b changed");
+        assert_eq!(r.removed_resources, ["c.demo:80"], "c is gone");
+        let stats = s.stats();
+        assert_eq!(
+            stats
+                .of(EDS)
+                .unwrap()
+                .acked_resources
+                .get("a.demo:80")
+                .map(|v| v.as_str()),
+            Some("1"),
+            "what the client said it has"
+        );
+
+        // Nothing at all when everything is current.
+        let mut s = ads();
+        let out = ask(
+            &mut s,
+            &src,
+            dreq(EDS)
+                .subscribe(["a.demo:80"])
+                .initial([("a.demo:80", "1")]),
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn initial_versions_after_the_first_request_are_ignored() {
+        let src = source(&[(EDS, "a.demo:80", "1")]);
+        let mut s = ads();
+        one(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])));
+        let out = ask(&mut s, &src, dreq(EDS).initial([("a.demo:80", "0")]));
+        assert!(out.is_empty(), "a late claim changes nothing: {out:?}");
+    }
+
+    #[test]
+    fn wildcard_cds_gets_everything_and_deletions() {
+        let mut src = source(&[(CDS, "a.demo:80", "1"), (CDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        let r = one(ask(&mut s, &src, dreq(CDS)));
+        assert_eq!(sent(&r), ["a.demo:80@1", "b.demo:80@1"]);
+        assert!(s.stats().of(CDS).unwrap().wildcard);
+        ack(&mut s, &src, CDS, &r);
+
+        src.insert(CDS, "c.demo:80", "1", b"")
+            .remove(CDS, "a.demo:80");
+        let u = one(s.on_update(&src));
+        assert_eq!(sent(&u), ["c.demo:80@1"]);
+        assert_eq!(u.removed_resources, ["a.demo:80"]);
+    }
+
+    #[test]
+    fn explicit_wildcard_and_named_subscriptions_combine() {
+        let src = source(&[(LDS, "a.demo:80", "1"), (LDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        let r = one(ask(&mut s, &src, dreq(LDS).subscribe(["*", "x.demo:80"])));
+        assert_eq!(sent(&r), ["a.demo:80@1", "b.demo:80@1"]);
+        assert_eq!(r.removed_resources, ["x.demo:80"]);
+        // Leaving the wildcard removes what only it covered.
+        let out = one(ask(&mut s, &src, dreq(LDS).unsubscribe(["*"])));
+        assert_eq!(out.removed_resources, ["a.demo:80", "b.demo:80"]);
+        assert!(!s.stats().of(LDS).unwrap().wildcard);
+    }
+
+    #[test]
+    fn named_first_request_is_not_a_wildcard() {
+        let src = source(&[(LDS, "a.demo:80", "1"), (LDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        let r = one(ask(&mut s, &src, dreq(LDS).subscribe(["a.demo:80"])));
+        assert_eq!(sent(&r), ["a.demo:80@1"]);
+        assert!(!s.stats().of(LDS).unwrap().wildcard);
+    }
+
+    #[test]
+    fn empty_wildcard_set_is_answered_once() {
+        let src = MemorySource::new();
+        let mut s = ads();
+        let r = one(ask(&mut s, &src, dreq(CDS)));
+        assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+        ack(&mut s, &src, CDS, &r);
+        assert!(s.on_update(&src).is_empty());
+    }
+
+    #[test]
+    fn stale_nonce_is_no_ack_but_subscriptions_apply() {
+        let src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        one(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])));
+        let r = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS).nonce("999").subscribe(["b.demo:80"]),
+        ));
+        assert_eq!(sent(&r), ["b.demo:80@1"]);
+        let stats = s.stats();
+        let eds = stats.of(EDS).unwrap();
+        assert_eq!(eds.counters.stale, 1);
+        assert_eq!(eds.counters.acks, 0);
+        assert!(eds.acked_resources.is_empty());
+
+        // A NACK of an unknown nonce is kept, marked stale.
+        ask(&mut s, &src, dreq(EDS).nonce("not-a-number").nack("late"));
+        let nack = s.stats().of(EDS).unwrap().last_nack.clone().unwrap();
+        assert!(nack.stale);
+        assert!(nack.resources.is_empty());
+    }
+
+    #[test]
+    fn unknown_type_url_is_a_precise_error() {
+        let src = MemorySource::new();
+        let mut s = ads();
+        let err = s
+            .handle_request(
+                dreq(EDS).type_url("type.googleapis.com/foo.Bar").into(),
+                &src,
+                t(0),
+            )
+            .unwrap_err();
+        assert!(matches!(err, XdsError::UnknownTypeUrl { .. }), "{err}");
+        assert_eq!(s.stats().errors, 1);
+        assert!(s.stats().types.is_empty());
+    }
+
+    #[test]
+    fn per_zone_bodies_differ() {
+        let mut src = source(&[(EDS, "echo.demo:8080", "1")]);
+        src.insert_for_zone(EDS, "echo.demo:8080", "zone-a", "1-a", b"local-a");
+        let mut a = ads();
+        let mut b = ads();
+        let ra = one(ask(
+            &mut a,
+            &src,
+            dreq(EDS).node("a", "zone-a").subscribe(["echo.demo:8080"]),
+        ));
+        let rb = one(ask(
+            &mut b,
+            &src,
+            dreq(EDS).node("b", "zone-b").subscribe(["echo.demo:8080"]),
+        ));
+        assert_eq!(sent(&ra), ["echo.demo:8080@1-a"]);
+        assert_eq!(sent(&rb), ["echo.demo:8080@1"]);
+    }
+
+    #[test]
+    fn not_ready_says_neither_present_nor_removed() {
+        let mut src = source(&[(CDS, "a.demo:80", "1"), (EDS, "a.demo:80", "1")]);
+        src.set_ready(false);
+        let mut s = ads();
+        assert!(ask(&mut s, &src, dreq(CDS)).is_empty());
+        assert!(ask(&mut s, &src, dreq(EDS).subscribe(["a.demo:80"])).is_empty());
+        src.set_ready(true);
+        let out = s.on_update(&src);
+        let got: Vec<_> = out.iter().flat_map(sent).collect();
+        assert_eq!(got, ["a.demo:80@1", "a.demo:80@1"]);
+        assert_eq!(out[0].type_url, CDS.type_url(), "CDS before EDS");
+        assert!(out.iter().all(|r| r.removed_resources.is_empty()));
+    }
+
+    #[test]
+    fn changed_cluster_resends_its_unchanged_endpoints() {
+        let mut src = source(&[
+            (CDS, "a.demo:80", "1"),
+            (CDS, "b.demo:80", "1"),
+            (EDS, "a.demo:80", "1"),
+            (EDS, "b.demo:80", "1"),
+        ]);
+        let mut s = ads();
+        let c = one(ask(&mut s, &src, dreq(CDS)));
+        ack(&mut s, &src, CDS, &c);
+        let e = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS).subscribe(["a.demo:80", "b.demo:80"]),
+        ));
+        ack(&mut s, &src, EDS, &e);
+
+        src.insert(CDS, "a.demo:80", "2", b"");
+        let out = s.on_update(&src);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(sent(&out[0]), ["a.demo:80@2"]);
+        assert_eq!(out[1].type_url, EDS.type_url());
+        assert_eq!(sent(&out[1]), ["a.demo:80@1"], "only the changed cluster's");
+        assert!(s.on_update(&src).is_empty());
+    }
+
+    #[test]
+    fn coalescing_two_unsent_responses_keeps_the_latest_per_resource() {
+        let mut src = source(&[
+            (EDS, "a.demo:80", "1"),
+            (EDS, "b.demo:80", "1"),
+            (EDS, "c.demo:80", "1"),
+        ]);
+        let mut s = ads();
+        let r1 = one(ask(
+            &mut s,
+            &src,
+            dreq(EDS).subscribe(["a.demo:80", "b.demo:80", "c.demo:80"]),
+        ));
+        src.insert(EDS, "a.demo:80", "2", b"")
+            .remove(EDS, "b.demo:80");
+        let r2 = one(s.on_update(&src));
+        let merged = s.coalesce(r1, r2.clone());
+        assert_eq!(merged.nonce, r2.nonce);
+        assert_eq!(sent(&merged), ["a.demo:80@2", "c.demo:80@1"]);
+        assert_eq!(merged.removed_resources, ["b.demo:80"]);
+
+        // One ACK of the merged response acknowledges everything in it.
+        ack(&mut s, &src, EDS, &merged);
+        let stats = s.stats();
+        let eds = stats.of(EDS).unwrap();
+        let acked: Vec<_> = eds
+            .acked_resources
+            .iter()
+            .map(|(n, v)| format!("{n}@{v}"))
+            .collect();
+        assert_eq!(acked, ["a.demo:80@2", "c.demo:80@1"]);
+        assert_eq!(eds.pending_nonce, None);
+    }
+}
