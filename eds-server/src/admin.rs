@@ -91,7 +91,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let status = state.status.borrow().clone();
     let m = &state.metrics;
-    if let Some(topology) = state.topology.borrow().clone() {
+    if let Some(topology) = state
+        .topology
+        .borrow()
+        .as_ref()
+        .map(|p| Arc::clone(&p.topology))
+    {
         let (mut healthy, mut draining, mut unhealthy) = (0, 0, 0);
         for (_, set) in topology.snapshot.services() {
             let (h, d, u) = set.health_counts();
@@ -214,7 +219,11 @@ fn zone_counts(set: &EndpointSet) -> BTreeMap<String, BTreeMap<&'static str, usi
 }
 
 async fn snapshot(State(state): State<AdminState>) -> Json<SnapshotView> {
-    let topology = state.topology.borrow().clone();
+    let topology = state
+        .topology
+        .borrow()
+        .as_ref()
+        .map(|p| Arc::clone(&p.topology));
     let clients = state.clients.list();
     let Some(topology) = topology else {
         return Json(SnapshotView {
@@ -260,7 +269,12 @@ async fn endpoints(State(state): State<AdminState>, Path(key): Path<String>) -> 
         Ok(k) => k,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let Some(topology) = state.topology.borrow().clone() else {
+    let Some(topology) = state
+        .topology
+        .borrow()
+        .as_ref()
+        .map(|p| Arc::clone(&p.topology))
+    else {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     };
     let (Some(canonical), Some(set)) = (topology.resolve(&parsed), topology.endpoints(&parsed))

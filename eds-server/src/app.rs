@@ -1,9 +1,10 @@
 //! Wires the parts together and runs them until SIGTERM or Ctrl-C.
 //!
 //! ```text
-//!  kube Client ─> watch::run ─> TopologySender ─┬─> xDS services (tonic, TLS optional)
-//!                     │                         └─> admin (axum)
-//!                     └─> WatchStatus ──────────────> /readyz, /metrics
+//!  kube Client ─> watch::run ─> TopologySender ─┬─> xDS services (tonic, TLS optional) ─> ClientRegistry
+//!                     │                         └─> admin (axum)                                   │
+//!                     └─> WatchStatus ──────────────> /readyz, /metrics                             │
+//!                                       CSDS (on the xDS port) and /debug/clients  <────────────────┘
 //! ```
 //!
 //! Shutdown: a signal flips one `watch` flag; the xDS server stops
@@ -19,17 +20,19 @@ use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_
 use proto::xds::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
 use proto::xds::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
 use proto::xds::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+use proto::xds::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::ServerConfig;
+use crate::csds::CsdsService;
 use crate::metrics::Metrics;
 use crate::serve::{ClientRegistry, Shared, XdsServices};
 use crate::source::{SourceConfig, SourceProvider};
 use crate::topology;
-use crate::watch::{self as kwatch, Scope, WatchStatus};
+use crate::watch::{self as kwatch, Outputs, Scope, WatchStatus};
 
 /// Sets up logging as `--log-format` asks; `RUST_LOG` filters (default `info`).
 pub fn init_tracing(format: &str) {
@@ -113,8 +116,11 @@ pub async fn run_until(
         scope,
         config.index.clone(),
         config.publisher.clone(),
-        topology_tx,
-        status_tx,
+        Outputs {
+            topology: topology_tx,
+            status: status_tx,
+            metrics: Arc::clone(&metrics),
+        },
         shutdown_rx.clone(),
     ));
 
@@ -157,6 +163,9 @@ pub async fn run_until(
             .add_service(ClusterDiscoveryServiceServer::new(services.clone()))
             .add_service(ListenerDiscoveryServiceServer::new(services.clone()))
             .add_service(RouteDiscoveryServiceServer::new(services))
+            .add_service(ClientStatusDiscoveryServiceServer::new(CsdsService::new(
+                Arc::clone(&clients),
+            )))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {
@@ -187,7 +196,7 @@ pub async fn run_until(
     match tokio::time::timeout(config.args.shutdown_grace, xds).await {
         Ok(r) => flatten(r.map(|r| r.map_err(anyhow::Error::from)))?,
         Err(_) => {
-            warn!(grace = ?config.args.shutdown_grace, "streams did not close within the grace period; exiting")
+            warn!(grace = ?config.args.shutdown_grace, "streams did not close within the grace period; exiting");
         }
     }
     Ok(())

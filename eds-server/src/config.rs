@@ -45,6 +45,16 @@ pub struct Args {
     #[arg(long, env = "EDS_POD_LABELS", value_delimiter = ',')]
     pub pod_labels: Vec<String>,
 
+    /// Watch Pods for endpoint times. With Pods, `ready_since` comes from the Pod's
+    /// Ready condition (and `drain_deadline` from its deletion), which is the same on
+    /// every replica, so replicas agree on content versions and a client that
+    /// reconnects elsewhere is sent nothing new. Without, `ready_since` is when this
+    /// replica first saw the endpoint ready, and replicas may disagree. Needs RBAC to
+    /// list and watch Pods; readiness never waits for them. Pods are watched anyway
+    /// when pod labels are wanted.
+    #[arg(long, env = "EDS_WATCH_PODS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_pods: bool,
+
     /// Send not-serving endpoints as UNHEALTHY instead of leaving them out.
     #[arg(long, env = "EDS_INCLUDE_UNHEALTHY")]
     pub include_unhealthy: bool,
@@ -66,7 +76,8 @@ pub struct Args {
     #[arg(long, env = "EDS_ZONE_AWARE", default_value_t = true, action = clap::ArgAction::Set)]
     pub zone_aware: bool,
 
-    /// Per-subscriber bound on pending updates; the queue keeps the latest per resource.
+    /// Responses buffered per xDS stream before its task waits for the client. A slow
+    /// client never delays others: its task skips to the latest topology meanwhile.
     #[arg(long, env = "EDS_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
 
@@ -147,6 +158,7 @@ impl Args {
                 .cloned()
                 .collect(),
             include_unhealthy: self.include_unhealthy,
+            watch_pods: self.watch_pods,
             ..IndexConfig::default()
         };
         let publisher = PublisherConfig {
@@ -213,6 +225,17 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert_eq!(config.args.coalesce_window, Duration::from_millis(100));
         assert!(config.args.zone_aware);
+        assert!(
+            config.index.watch_pods,
+            "Pod times keep replicas in agreement"
+        );
+    }
+
+    #[test]
+    fn pod_watch_can_be_turned_off() {
+        let config = parse(&["--watch-pods=false"]).unwrap();
+        assert!(!config.index.watch_pods);
+        assert!(parse(&["--watch-pods", "maybe"]).is_err());
     }
 
     #[test]

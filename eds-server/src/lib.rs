@@ -3,9 +3,11 @@
 //! ```text
 //!  kube watchers --> k8s::Index (apply/delete/reset) --> publish (coalesce, guard)
 //!                                                           |
-//!                                               TopologyWatch (Arc<Topology>)
+//!                                          TopologyWatch (Published: Arc<Topology> + event time)
 //!                                                           |
-//!                      xds::server (tonic) <-- xds::sotw / xds::delta (no IO)
+//!                      serve (tonic) <-- xds::sotw / xds::delta (no IO)
+//!                        |
+//!                        └─ ClientRegistry --> csds (CSDS over gRPC), admin (JSON)
 //! ```
 //!
 //! Each layer is testable alone: the index with hand-built objects, the
@@ -15,6 +17,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod csds;
 pub mod k8s;
 pub mod metrics;
 pub mod serve;

@@ -1,9 +1,10 @@
 //! The server's view of the cluster at one moment: every service port's
 //! endpoints plus the Service metadata xDS needs (port names, annotations).
 //!
-//! The Kubernetes side builds a [`Topology`] and publishes it through a
-//! [`TopologyWatch`]; the xDS side only reads it. Nothing here talks to
-//! Kubernetes or to clients.
+//! The Kubernetes side builds a [`Topology`] and publishes it, with the
+//! times latency metrics need ([`Published`]), through a [`TopologyWatch`];
+//! the xDS side only reads it. Nothing here talks to Kubernetes or to
+//! clients.
 //!
 //! Keys in [`Topology::snapshot`] are canonical and numeric
 //! (`<svc>.<ns>:<service-port>`); [`Topology::resolve`] maps every other
@@ -12,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use lb_core::{EndpointSet, PortRef, ServiceKey, Snapshot};
 use tokio::sync::watch;
@@ -77,12 +79,42 @@ impl Topology {
     }
 }
 
+/// One published topology and when the change it carries happened, so the
+/// xDS side can measure push and propagation latency per stream.
+///
+/// The times are process-local monotonic instants, never sent anywhere and
+/// never part of any version: two replicas publish the same topology with
+/// different times.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The topology.
+    pub topology: Arc<Topology>,
+    /// When the oldest Kubernetes event folded into this topology reached
+    /// the server; `None` for the first publish after start-up (the initial
+    /// list is not a change) and for releases of a mass-drop hold (delayed
+    /// on purpose, so not a propagation delay).
+    pub first_change: Option<Instant>,
+    /// When it was handed to the channel.
+    pub published_at: Instant,
+}
+
+impl Published {
+    /// A topology published now without an event time (tests, start-up).
+    pub fn now(topology: Arc<Topology>) -> Self {
+        Self {
+            topology,
+            first_change: None,
+            published_at: Instant::now(),
+        }
+    }
+}
+
 /// The publishing end: the Kubernetes side sends a new topology whenever
 /// it changes. `None` until every watch has finished its initial list.
-pub type TopologySender = watch::Sender<Option<Arc<Topology>>>;
+pub type TopologySender = watch::Sender<Option<Published>>;
 
 /// The reading end, cloned into every xDS stream and the admin server.
-pub type TopologyWatch = watch::Receiver<Option<Arc<Topology>>>;
+pub type TopologyWatch = watch::Receiver<Option<Published>>;
 
 /// A new channel with nothing published yet (not ready).
 pub fn channel() -> (TopologySender, TopologyWatch) {

@@ -4,23 +4,39 @@
 //! ```text
 //!  watcher(Service)        ─┐  Init / InitApply* / InitDone -> reset_*
 //!  watcher(EndpointSlice)  ─┼─> Index ──on_change──> Publisher ──poll at deadline──> TopologySender
-//!  watcher(Pod, optional)  ─┘  Apply / Delete           (coalesce, mass-drop guard)
+//!  watcher(Pod, optional)  ─┘  Apply / Delete           (coalesce, mass-drop guard)     (Published:
+//!    started once the Services are listed,                                              topology,
+//!    restarted when Services want new pod labels                                        first event time)
 //! ```
 //!
 //! Nothing is published until every required watch (Services and
 //! EndpointSlices in every watched namespace) has finished its first list:
 //! an empty snapshot served at start-up would black-hole every client.
+//! Pods are not required: until they are listed, endpoints use first-seen
+//! times, and a Pod watch the server may not list (RBAC) never holds
+//! readiness back.
+//!
+//! The Pod watch starts only after the Services' first list, because the
+//! Services' `eds.rs/pod-labels` annotations decide which labels the index
+//! keeps from each Pod; a Pod list taken earlier would miss them. When a
+//! Service later asks for a label the index did not keep, the Pod watches
+//! are ended and started again, so their fresh list carries it (each Pod
+//! watch slot keeps what it listed, so the re-list also deletes what
+//! vanished).
+//!
 //! Watch errors (RBAC refusals, a restarting API server) are logged and
 //! retried with kube-runtime's backoff; the last published topology stays
 //! served meanwhile. This module has no rules of its own: they live in
-//! [`crate::k8s`].
+//! [`crate::k8s`]. It also records when the oldest unpublished change
+//! arrived and publishes that time with the topology, for the propagation
+//! latency metrics of [`crate::serve`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use futures::StreamExt;
-use futures::stream::{BoxStream, SelectAll};
+use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
@@ -31,7 +47,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::k8s::{Index, IndexConfig, IndexStats, PublishStats, Publisher, PublisherConfig};
-use crate::topology::TopologySender;
+use crate::metrics::Metrics;
+use crate::topology::{Published, TopologySender};
 
 /// What the watchers have done so far, for readiness and metrics.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +83,37 @@ enum Update {
 }
 
 type Tagged = (Source, Result<Update, watcher::Error>);
+
+impl Update {
+    /// (resource kind, kube-runtime event name), for the events metric.
+    fn describe(&self) -> (&'static str, &'static str) {
+        fn event<K>(ev: &Event<K>) -> &'static str {
+            match ev {
+                Event::Init => "init",
+                Event::InitApply(_) => "init_apply",
+                Event::InitDone => "init_done",
+                Event::Apply(_) => "apply",
+                Event::Delete(_) => "delete",
+            }
+        }
+        match self {
+            Update::Service(ev) => ("Service", event(ev)),
+            Update::Slice(ev) => ("EndpointSlice", event(ev)),
+            Update::Pod(ev) => ("Pod", event(ev)),
+        }
+    }
+}
+
+/// Where the watcher's results go.
+#[derive(Debug)]
+pub struct Outputs {
+    /// Published topologies.
+    pub topology: TopologySender,
+    /// Progress, for readiness and the admin view.
+    pub status: watch::Sender<WatchStatus>,
+    /// Event, build and publish metrics.
+    pub metrics: Arc<Metrics>,
+}
 
 /// Watch scope: which namespaces and which Services.
 #[derive(Debug, Clone, Default)]
@@ -110,17 +158,21 @@ where
         .boxed()
 }
 
-/// Runs the watchers until `shutdown` fires, publishing topologies to
-/// `sender` and progress to `status`.
+/// Runs the watchers until `shutdown` fires, publishing topologies and
+/// progress to `out`.
 pub async fn run(
     client: Client,
     scope: Scope,
     index_config: IndexConfig,
     publisher_config: PublisherConfig,
-    sender: TopologySender,
-    status: watch::Sender<WatchStatus>,
+    out: Outputs,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Outputs {
+        topology: sender,
+        status,
+        metrics,
+    } = out;
     let mut index = Index::new(index_config);
     let mut publisher = Publisher::new(publisher_config)?;
     let mut streams: SelectAll<BoxStream<'static, Tagged>> = SelectAll::new();
@@ -130,6 +182,7 @@ pub async fn run(
     }
     let service_apis = apis::<Service>(&client, &scope);
     let slice_apis = apis::<EndpointSlice>(&client, &scope);
+    let service_watches = service_apis.len();
     let required = service_apis.len() + slice_apis.len();
     for (i, api) in service_apis.into_iter().enumerate() {
         streams.push(tagged(api, svc_config.clone(), Source::Services(i), |e| {
@@ -144,27 +197,27 @@ pub async fn run(
             |e| Update::Slice(Box::new(e)),
         ));
     }
-    let mut pods_started = false;
-    let start_pods = |streams: &mut SelectAll<_>, pods_started: &mut bool| {
-        if !*pods_started {
-            info!("watching Pods (pod labels or pod-accurate ready_since requested)");
-            for (i, api) in apis::<Pod>(&client, &scope).into_iter().enumerate() {
-                streams.push(tagged(
-                    api,
-                    watcher::Config::default(),
-                    Source::Pods(i),
-                    |e| Update::Pod(Box::new(e)),
-                ));
-            }
-            *pods_started = true;
-        }
+    // One abort handle per running Pod watch; `None` until started.
+    let mut pod_watches: Option<Vec<AbortHandle>> = None;
+    let start_pods = |streams: &mut SelectAll<_>| -> Vec<AbortHandle> {
+        apis::<Pod>(&client, &scope)
+            .into_iter()
+            .enumerate()
+            .map(|(i, api)| {
+                let (handle, registration) = AbortHandle::new_pair();
+                let watch = tagged(api, watcher::Config::default(), Source::Pods(i), |e| {
+                    Update::Pod(Box::new(e))
+                });
+                streams.push(Abortable::new(watch, registration).boxed());
+                handle
+            })
+            .collect()
     };
-    if index.wants_pods() {
-        start_pods(&mut streams, &mut pods_started);
-    }
 
     let mut synced: BTreeSet<Source> = BTreeSet::new();
     let mut buffers = Buffers::default();
+    // When the oldest change not yet published reached us (see `Published`).
+    let mut first_change: Option<Instant> = None;
     loop {
         let deadline = publisher.next_deadline();
         let sleep = async {
@@ -183,6 +236,7 @@ pub async fn run(
                 match result {
                     Err(e) => {
                         warn!(error = %e, ?source, "Kubernetes watch failed; retrying with backoff");
+                        metrics.watch_errors.inc();
                         status.send_modify(|s| {
                             s.errors += 1;
                             s.last_error = Some(e.to_string());
@@ -190,15 +244,40 @@ pub async fn run(
                         continue;
                     }
                     Ok(update) => {
+                        let (resource, event) = update.describe();
+                        metrics.watch_event(resource, event);
                         let now = SystemTime::now();
                         let changed = buffers.apply(&mut index, source, update, now, &mut synced);
                         status.send_modify(|s| s.events += 1);
                         if changed {
-                            publisher.on_change(Instant::now());
+                            let at = Instant::now();
+                            publisher.on_change(at);
+                            first_change.get_or_insert(at);
                         }
-                        if index.take_pod_resync() {
-                            // New labels wanted: restart the Pod watch so its list carries them.
-                            start_pods(&mut streams, &mut pods_started);
+                        let services_listed = synced
+                            .iter()
+                            .filter(|s| matches!(s, Source::Services(_)))
+                            .count()
+                            >= service_watches;
+                        match pod_watch_action(&mut index, services_listed, pod_watches.is_some()) {
+                            PodWatchAction::Keep => {}
+                            PodWatchAction::Start => {
+                                info!(
+                                    labels = ?index.wanted_labels(),
+                                    "watching Pods (pod labels or pod-accurate ready_since requested)"
+                                );
+                                pod_watches = Some(start_pods(&mut streams));
+                            }
+                            PodWatchAction::Restart => {
+                                info!(
+                                    labels = ?index.wanted_labels(),
+                                    "Services want new pod labels; restarting the Pod watch to list them"
+                                );
+                                for handle in pod_watches.iter().flatten() {
+                                    handle.abort();
+                                }
+                                pod_watches = Some(start_pods(&mut streams));
+                            }
                         }
                     }
                 }
@@ -212,17 +291,36 @@ pub async fn run(
         if !all_synced {
             continue;
         }
-        if publisher.published().is_none() && publisher.next_deadline().is_none() {
+        let first_publish = publisher.published().is_none();
+        if first_publish && publisher.next_deadline().is_none() {
             // Everything listed but nothing changed since: publish the (possibly empty) first state.
             publisher.on_change(Instant::now());
         }
-        if let Some(topology) = publisher.poll(Instant::now(), &index) {
-            info!(
-                version = %topology.snapshot.version(),
-                keys = topology.snapshot.services().len(),
-                "publishing topology"
-            );
-            sender.send_replace(Some(Arc::clone(&topology)));
+        let mut built = false;
+        let published = publisher.poll_with(Instant::now(), || {
+            let started = Instant::now();
+            let topology = index.topology();
+            metrics.snapshot_built(started.elapsed());
+            built = true;
+            topology
+        });
+        if built {
+            // The build saw every change so far: published or not, none is
+            // pending any more.
+            let first_change = first_change.take().filter(|_| !first_publish);
+            if let Some(topology) = published {
+                info!(
+                    version = %topology.snapshot.version(),
+                    keys = topology.snapshot.services().len(),
+                    "publishing topology"
+                );
+                metrics.publishes.inc();
+                sender.send_replace(Some(Published {
+                    topology,
+                    first_change,
+                    published_at: Instant::now(),
+                }));
+            }
         }
         let (index_stats, publish_stats, published) = (
             index.stats(),
@@ -234,6 +332,33 @@ pub async fn run(
             s.index = index_stats;
             s.publish = publish_stats;
         });
+    }
+}
+
+/// What to do with the Pod watch after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PodWatchAction {
+    /// Leave it as it is (running or not).
+    Keep,
+    /// Start it: the Services are listed and Pods are wanted.
+    Start,
+    /// End the running watches and list again: Services want labels the
+    /// stored Pods were parsed without.
+    Restart,
+}
+
+/// Decides the Pod watch's fate. Before the Services' first list the wanted
+/// labels are unknown: nothing starts, and the index's resync flag is left
+/// set for later (starting then lists with every label anyway).
+fn pod_watch_action(index: &mut Index, services_listed: bool, running: bool) -> PodWatchAction {
+    if !services_listed {
+        return PodWatchAction::Keep;
+    }
+    let resync = index.take_pod_resync();
+    match (running, resync) {
+        (true, true) => PodWatchAction::Restart,
+        (false, _) if index.wants_pods() => PodWatchAction::Start,
+        _ => PodWatchAction::Keep,
     }
 }
 
@@ -368,5 +493,76 @@ impl Buffers {
             synced.insert(source);
         }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::fixtures::svc;
+
+    fn labelled(name: &str, labels: &str) -> Service {
+        svc(name, "demo")
+            .port("grpc", 8080, None)
+            .annotation("eds.rs/pod-labels", labels)
+            .build()
+    }
+
+    #[test]
+    fn pods_wait_for_the_services_list_then_start_once() {
+        let mut index = Index::new(IndexConfig::default());
+        index.apply_service(&labelled("echo", "shard"));
+        assert_eq!(
+            pod_watch_action(&mut index, false, false),
+            PodWatchAction::Keep,
+            "Services not listed yet"
+        );
+        assert_eq!(
+            pod_watch_action(&mut index, true, false),
+            PodWatchAction::Start
+        );
+        // The label that triggered the resync was consumed by the start.
+        assert_eq!(
+            pod_watch_action(&mut index, true, true),
+            PodWatchAction::Keep
+        );
+    }
+
+    #[test]
+    fn a_new_label_restarts_running_pod_watches() {
+        let mut index = Index::new(IndexConfig::default());
+        index.apply_service(&labelled("echo", "shard"));
+        assert_eq!(
+            pod_watch_action(&mut index, true, false),
+            PodWatchAction::Start
+        );
+        index.apply_service(&labelled("other", "track"));
+        assert_eq!(
+            pod_watch_action(&mut index, true, true),
+            PodWatchAction::Restart
+        );
+        // A label already kept needs no re-list.
+        index.apply_service(&labelled("third", "shard"));
+        assert_eq!(
+            pod_watch_action(&mut index, true, true),
+            PodWatchAction::Keep
+        );
+    }
+
+    #[test]
+    fn without_labels_pods_follow_the_watch_pods_setting() {
+        let mut off = Index::new(IndexConfig::default());
+        assert_eq!(
+            pod_watch_action(&mut off, true, false),
+            PodWatchAction::Keep
+        );
+        let mut on = Index::new(IndexConfig {
+            watch_pods: true,
+            ..IndexConfig::default()
+        });
+        assert_eq!(
+            pod_watch_action(&mut on, true, false),
+            PodWatchAction::Start
+        );
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!  TestCluster::shared()            one per test binary (or attach: EDS_CLUSTER_DIR)
+//!  TestCluster::owned()             one per test binary, never attached: may be disturbed
+//!    .stop_apiserver() / .start_apiserver()   an API server outage (owned clusters only)
 //!    .namespace("slices")           a fresh namespace per test
 //!      .node("node-a", "zone-a")    Node labelled topology.kubernetes.io/zone
 //!      .service(..)                 Service with a selector and ports
@@ -49,6 +51,7 @@ pub struct TestCluster {
 }
 
 static SHARED: OnceLock<Result<TestCluster, String>> = OnceLock::new();
+static OWNED: OnceLock<Result<TestCluster, String>> = OnceLock::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The workspace's `target/` directory, where per-run cluster dirs live.
@@ -70,6 +73,18 @@ impl TestCluster {
             .map_err(|e| anyhow::anyhow!("the shared test cluster failed to start: {e}"))
     }
 
+    /// A cluster this test binary starts and owns even when
+    /// `$EDS_CLUSTER_DIR` is set, for tests that disturb the control plane
+    /// (stopping kube-apiserver) and so must never touch one others share.
+    /// Costs a cluster start; a binary should use either this or
+    /// [`TestCluster::shared`], not both.
+    pub fn owned() -> anyhow::Result<&'static TestCluster> {
+        OWNED
+            .get_or_init(|| Self::start_owned().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the owned test cluster failed to start: {e}"))
+    }
+
     fn start() -> anyhow::Result<Self> {
         if let Some(dir) = std::env::var_os("EDS_CLUSTER_DIR") {
             let dir = PathBuf::from(dir);
@@ -86,6 +101,10 @@ impl TestCluster {
                 plane: None,
             });
         }
+        Self::start_owned()
+    }
+
+    fn start_owned() -> anyhow::Result<Self> {
         let root = target_dir().join("eds-clusters");
         remove_stale(&root);
         let dir = root.join(format!("test-{}", std::process::id()));
@@ -109,6 +128,36 @@ impl TestCluster {
             (None, Some(network)) => network,
             (None, None) => unreachable!("a TestCluster always has a plane or an attached network"),
         }
+    }
+
+    /// The control plane, if this process owns it; an attached cluster
+    /// belongs to whoever ran `cargo xtask cluster up` and to every test
+    /// sharing it, so it cannot be disturbed from here.
+    fn owned_plane(&'static self, what: &str) -> anyhow::Result<&'static ControlPlane> {
+        self.plane.as_ref().with_context(|| {
+            format!(
+                "cannot {what}: this test is attached to the shared cluster in {} \
+                 (EDS_CLUSTER_DIR), which other tests use; use TestCluster::owned() \
+                 or run without EDS_CLUSTER_DIR",
+                self.state.dir.display()
+            )
+        })
+    }
+
+    /// Stops kube-apiserver of an owned cluster and waits until it has
+    /// exited; etcd, the controller manager and the pod network keep running.
+    /// Fails on an attached cluster (see [`TestCluster::owned`]).
+    pub async fn stop_apiserver(&'static self) -> anyhow::Result<()> {
+        let plane = self.owned_plane("stop kube-apiserver")?;
+        tokio::task::spawn_blocking(move || plane.stop_apiserver()).await?
+    }
+
+    /// Starts the stopped kube-apiserver of an owned cluster again (same
+    /// flags, port and data) and waits until it is ready. Kube clients made
+    /// before keep working: they reconnect on their next request.
+    pub async fn start_apiserver(&'static self) -> anyhow::Result<()> {
+        let plane = self.owned_plane("start kube-apiserver")?;
+        tokio::task::spawn_blocking(move || plane.start_apiserver()).await?
     }
 
     /// The admin kubeconfig path.
@@ -347,6 +396,24 @@ impl TestNamespace {
             client: self.client.clone(),
             cluster: self.cluster,
         })
+    }
+
+    /// Removes every pod in the namespace at once (grace period 0: there is
+    /// no kubelet to finish a graceful deletion, and the namespace controller
+    /// would leave them terminating), frees the IPs of `pods`, and deletes
+    /// the namespace. For tests with many pods; one API call for all of them.
+    pub async fn delete_with_pods(self, pods: &[TestPod]) -> anyhow::Result<()> {
+        Api::<Pod>::namespaced(self.client.clone(), &self.name)
+            .delete_collection(
+                &DeleteParams::default().grace_period(0),
+                &kube::api::ListParams::default(),
+            )
+            .await
+            .with_context(|| format!("deleting the pods of namespace {}", self.name))?;
+        for pod in pods {
+            self.cluster.network().release_ip(pod.ip)?;
+        }
+        self.delete().await
     }
 
     /// Deletes the namespace (the namespace controller finishes it).

@@ -8,6 +8,7 @@
 //!  process   child processes that never outlive the run (parent-death signal)
 //!  harness   one shared cluster per test binary; namespaces, zoned Nodes,
 //!            Services, Pods; the harness plays the kubelet
+//!  server    eds-server in-process, its admin API, the echo Service
 //! ```
 //!
 //! `cargo xtask cluster` drives the same code for people. This crate is
@@ -16,6 +17,8 @@
 
 pub mod cluster;
 pub mod harness;
+pub mod interop;
 pub mod netns;
 pub mod process;
+pub mod server;
 pub mod xds;

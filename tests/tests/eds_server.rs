@@ -6,130 +6,18 @@
 //! kubeconfig, scoped to the test's namespace; clients are the plain test
 //! client of `eds_tests::xds`.
 
-use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use eds_tests::harness::{PodSpec, ServicePortSpec, Target, TestCluster, TestNamespace, TestPod};
+use eds_tests::harness::TestCluster;
+use eds_tests::server::{
+    Server, echo_service, http_get, refused_kubeconfig, start_server, wait_ready,
+};
 use eds_tests::xds::{CDS, DeltaClient, EDS, LDS, RDS, SotwClient, endpoints_named};
 use lb_core::Health;
 use proto::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A running in-process eds-server; stopped when dropped.
-struct Server {
-    xds: SocketAddr,
-    admin: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
-async fn start_server(cluster: &TestCluster, ns: &str, extra: &[&str]) -> anyhow::Result<Server> {
-    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let kubeconfig = cluster.kubeconfig().display().to_string();
-    let mut args = vec![
-        "eds-server".to_owned(),
-        format!("--xds-addr={xds}"),
-        format!("--admin-addr={admin}"),
-        format!("--kubeconfig={kubeconfig}"),
-        format!("--namespace={ns}"),
-        "--coalesce-window=50ms".to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let config = eds_server::config::Args::try_parse_from(args)?.validate()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(eds_server::app::run_until(config, async move {
-        let _ = stopped.await;
-    }));
-    Ok(Server {
-        xds,
-        admin,
-        stop: Some(stop),
-        task,
-    })
-}
-
-/// A minimal HTTP/1.0 GET: (status code, body).
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await?;
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad HTTP response: {raw:?}"))?;
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-async fn wait_ready(server: &Server) -> anyhow::Result<()> {
-    eds_tests::harness::eventually("eds-server /readyz", WAIT, || async {
-        Ok(match http_get(server.admin, "/readyz").await {
-            Ok((200, _)) => Ok(()),
-            Ok((code, body)) => Err(format!("{code} {body}")),
-            Err(e) => Err(e.to_string()),
-        })
-    })
-    .await
-}
-
-async fn echo_service(ns: &TestNamespace, pods: usize) -> anyhow::Result<Vec<TestPod>> {
-    ns.node("node-zone-a", "zone-a").await?;
-    ns.node("node-zone-b", "zone-b").await?;
-    ns.service(
-        "echo",
-        "echo",
-        &[ServicePortSpec {
-            name: "grpc".into(),
-            port: 8080,
-            target: Target::Name("grpc".into()),
-        }],
-        &[("eds.rs/lb-policy", "round-robin")],
-    )
-    .await?;
-    let mut out = Vec::new();
-    for i in 0..pods {
-        let node = if i % 3 == 2 {
-            "node-zone-b"
-        } else {
-            "node-zone-a"
-        };
-        let pod = ns
-            .pod(
-                PodSpec::new(&format!("echo-{i}"), "echo", node)
-                    .port("grpc", 9090)
-                    .label("shard", &format!("s{i}")),
-            )
-            .await?;
-        pod.set_ready(true).await?;
-        out.push(pod);
-    }
-    Ok(out)
-}
 
 fn summary(set: &lb_core::EndpointSet) -> Vec<(String, String, Health, Option<String>)> {
     set.endpoints()
@@ -341,39 +229,8 @@ async fn is_not_ready_while_it_cannot_list() -> anyhow::Result<()> {
     // A namespace that does not exist yet lists fine; use a kubeconfig whose
     // identity cannot list at all instead: an empty token is refused.
     let ns = cluster.namespace("notready").await?;
-    let dir = cluster
-        .state()
-        .dir
-        .join(format!("bad-kubeconfig-{}", ns.name()));
-    let config = serde_json::json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.state().api_url, "certificate-authority": cluster.state().dir.join("pki/ca.crt")}}],
-        "users": [{"name": "u", "user": {"token": "not-a-valid-token"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    });
-    std::fs::write(&dir, serde_json::to_vec(&config)?)?;
-    let server = {
-        let xds = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let config = eds_server::config::Args::try_parse_from([
-            "eds-server".to_owned(),
-            format!("--xds-addr={xds}"),
-            format!("--admin-addr={admin}"),
-            format!("--kubeconfig={}", dir.display()),
-        ])?
-        .validate()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(eds_server::app::run_until(config, async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            xds,
-            admin,
-            stop: Some(stop),
-            task,
-        }
-    };
+    let kubeconfig = refused_kubeconfig(cluster, ns.name())?;
+    let server = Server::start(&[format!("--kubeconfig={}", kubeconfig.display())])?;
     let (code, body) = eds_tests::harness::eventually("a watch error on /readyz", WAIT, || async {
         Ok(match http_get(server.admin, "/readyz").await {
             Ok((code, body)) if body.contains("last watch error") => Ok((code, body)),

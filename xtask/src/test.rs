@@ -8,6 +8,7 @@
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use eds_tests::interop::ensure_grpc_go_client;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -19,6 +20,7 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     step("install: local control-plane binaries (built from Go modules once, then cached)");
     eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
+    ensure_grpc_go_client(true).context("building the grpc-go interop client")?;
     eds_tests::netns::preflight().context("checking what the pod network needs")?;
 
     if !args.no_lint {

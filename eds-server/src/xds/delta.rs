@@ -48,12 +48,17 @@
 //! - **ACK/NACK**: by nonce, with `error_detail` marking a NACK. Responses
 //!   are not held back while one is in flight; each nonce remembers what it
 //!   carried (a bounded window), so an ACK records per-resource versions even
-//!   when it arrives after a newer response went out. A nonce outside the
+//!   when it arrives after a newer response went out. The client answers in
+//!   order, so an answer to nonce N also settles every older response still
+//!   in flight: those were applied (a NACK would have answered them). When
+//!   the window is full the oldest response is folded into the next one, so
+//!   a late ACK still accounts for everything sent. A nonce outside the
 //!   window is stale; its subscription changes still apply (the note added
 //!   by envoyproxy/envoy#16659: "the server must honor changes to the
 //!   subscription state even if the nonce is stale").
 //! - **NACK**: logged, counted, kept. `known` already holds the rejected
-//!   version, so it is not resent; a newer version is.
+//!   version, so it is not resent; a newer version is. Until then the
+//!   resource is reported as rejected (`nacked_resources`, CSDS `ERROR`).
 //! - **Cluster warming** ("Resource warming"): on ADS, when a cluster that
 //!   the client had changes, its ClusterLoadAssignment of the same name is
 //!   owed again, because Envoy re-warms the cluster and waits for one
@@ -63,15 +68,14 @@
 //!   response; informational only.
 //!
 //! What this module is not: it does no IO and holds no resources. The async
-//! glue may merge two unsent responses of one type with
-//! [`DeltaStream::coalesce`] (which keeps the nonce bookkeeping right) when
-//! its [`super::queue::LatestQueue`] already holds one.
+//! glue sends every response it returns, in order (see [`crate::serve`]);
+//! nothing merges or drops responses after they leave the state machine.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::SystemTime;
 
 use proto::xds::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tracing::{debug, warn};
 
@@ -81,10 +85,12 @@ use super::{
     NonceSeq, PUSH_ORDER, ResourceType, StreamKind, XdsError, content_version, is_full_state,
 };
 
-/// How many unacknowledged responses per type keep their contents for
+/// How many unacknowledged responses per type are tracked by nonce for
 /// per-resource ACK bookkeeping. A client answers every response in order,
-/// so more than a few in flight means it is far behind; older ones then
-/// count as stale, which only affects the admin view.
+/// so more than a few in flight means it is far behind; the oldest is then
+/// folded into the next, and its own nonce becomes stale (which only
+/// affects the admin view). Bounds memory per stream whatever the client
+/// does.
 const IN_FLIGHT_WINDOW: usize = 16;
 
 /// The incremental protocol state of one gRPC stream (delta ADS or a
@@ -116,6 +122,9 @@ struct TypeState {
     last_system_version: Option<String>,
     acked_version: Option<String>,
     acked: BTreeMap<String, ResourceVersion>,
+    /// Resources whose version in `known` the client rejected; cleared when
+    /// another version (or a removal) is sent or the name is unsubscribed.
+    rejected: BTreeMap<String, ResourceVersion>,
     last_ack_at: Option<SystemTime>,
     last_nack: Option<NackRecord>,
     counters: Counters,
@@ -131,12 +140,29 @@ struct InFlight {
 }
 
 impl TypeState {
+    /// The response with `nonce`, if it is in flight. Older responses still
+    /// in flight are settled as applied: the client answers in order, so
+    /// one it did not answer on its own (a client may answer only the
+    /// latest of a burst) was applied before this one.
     fn take_in_flight(&mut self, nonce: &str) -> Option<InFlight> {
         let n: u64 = nonce.parse().ok()?;
         let at = self.in_flight.iter().position(|f| f.nonce == n)?;
-        // The client answers in order: older ones were answered already or
-        // merged away by the outbox.
-        self.in_flight.drain(..=at).next_back()
+        let mut answered: Vec<InFlight> = self.in_flight.drain(..=at).collect();
+        let flight = answered.pop()?;
+        for older in answered {
+            self.record_applied(older.changes);
+        }
+        Some(flight)
+    }
+
+    /// The client applied these changes.
+    fn record_applied(&mut self, changes: BTreeMap<String, Option<ResourceVersion>>) {
+        for (name, version) in changes {
+            match version {
+                Some(v) => self.acked.insert(name, v),
+                None => self.acked.remove(&name),
+            };
+        }
     }
 
     fn stats(&self, ty: ResourceType) -> TypeStats {
@@ -145,9 +171,11 @@ impl TypeState {
             wildcard: self.wildcard,
             subscribed: self.subscribed.iter().cloned().collect(),
             sent_version: self.last_system_version.clone(),
+            sent_resources: self.known.clone(),
             pending_nonce: self.in_flight.back().map(|f| f.nonce.to_string()),
             acked_version: self.acked_version.clone(),
             acked_resources: self.acked.clone(),
+            nacked_resources: self.rejected.clone(),
             last_ack_at: self.last_ack_at,
             last_nack: self.last_nack.clone(),
             counters: self.counters,
@@ -208,17 +236,21 @@ impl DeltaStream {
             match (st.take_in_flight(&req.response_nonce), &req.error_detail) {
                 (Some(flight), None) => {
                     st.counters.acks += 1;
-                    for (name, version) in flight.changes {
-                        match version {
-                            Some(v) => st.acked.insert(name, v),
-                            None => st.acked.remove(&name),
-                        };
-                    }
+                    st.record_applied(flight.changes);
                     st.acked_version = Some(flight.system_version);
                     st.last_ack_at = Some(now);
                 }
                 (flight, Some(detail)) => {
                     let stale = flight.is_none();
+                    for (name, version) in flight.iter().flat_map(|f| &f.changes) {
+                        // Only what the client would otherwise hold now: a
+                        // newer version sent since is not rejected (yet).
+                        if let Some(v) = version
+                            && st.known.get(name) == Some(v)
+                        {
+                            st.rejected.insert(name.clone(), v.clone());
+                        }
+                    }
                     let record = NackRecord {
                         rejected_version: flight
                             .as_ref()
@@ -303,7 +335,10 @@ impl DeltaStream {
             st.subscribed.remove(&name);
             st.owed.remove(&name);
             if !st.wildcard {
+                // The client drops it: it neither holds nor rejects it now.
                 st.known.remove(&name);
+                st.acked.remove(&name);
+                st.rejected.remove(&name);
             }
         }
 
@@ -328,65 +363,14 @@ impl DeltaStream {
         out
     }
 
-    /// Merges two responses of one type that were produced but not yet
-    /// sent, `older` first, into one the client can apply in their place,
-    /// and moves the nonce bookkeeping of `older` onto `newer`'s nonce.
-    /// For an outbox that keeps one pending response per type.
-    ///
-    /// Both must come from this stream and have the same `type_url`; if they
-    /// do not, `newer` is returned unchanged.
-    pub fn coalesce(
-        &mut self,
-        older: DeltaDiscoveryResponse,
-        mut newer: DeltaDiscoveryResponse,
-    ) -> DeltaDiscoveryResponse {
-        if older.type_url != newer.type_url {
-            debug_assert!(false, "coalescing responses of different types");
-            return newer;
+    /// The stream's counters summed over types; cheaper than
+    /// [`Self::stats`] for glue that only needs to see what a request was.
+    pub fn counters(&self) -> Counters {
+        let mut counters = Counters::default();
+        for st in self.types.values() {
+            counters.add(&st.counters);
         }
-        // Name to the resource sent, or None for a removal; newer wins.
-        let mut merged: BTreeMap<String, Option<DeltaResource>> = BTreeMap::new();
-        let newer_resources = std::mem::take(&mut newer.resources);
-        let newer_removed = std::mem::take(&mut newer.removed_resources);
-        for (resources, removed) in [
-            (older.resources, older.removed_resources),
-            (newer_resources, newer_removed),
-        ] {
-            merged.extend(removed.into_iter().map(|name| (name, None)));
-            merged.extend(resources.into_iter().map(|r| (r.name.clone(), Some(r))));
-        }
-        for (name, entry) in merged {
-            match entry {
-                Some(res) => newer.resources.push(res),
-                None => newer.removed_resources.push(name),
-            }
-        }
-
-        // The client will only ever answer newer's nonce: it acknowledges
-        // what both carried.
-        if let Some(st) =
-            ResourceType::from_type_url(&newer.type_url).and_then(|ty| self.types.get_mut(&ty))
-        {
-            let older_changes = older
-                .nonce
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| st.in_flight.iter().position(|f| f.nonce == n))
-                .and_then(|at| st.in_flight.remove(at))
-                .map(|f| f.changes)
-                .unwrap_or_default();
-            if let Some(flight) = newer
-                .nonce
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| st.in_flight.iter_mut().find(|f| f.nonce == n))
-            {
-                for (name, change) in older_changes {
-                    flight.changes.entry(name).or_insert(change);
-                }
-            }
-        }
-        newer
+        counters
     }
 
     /// A snapshot of this stream for the admin view.
@@ -503,6 +487,7 @@ fn respond<S: ResourceSource + ?Sized>(
     let mut removed_resources = Vec::new();
     for (name, change) in &changes {
         st.owed.remove(name);
+        st.rejected.remove(name);
         match change {
             Some(v) => {
                 st.known.insert(name.clone(), v.clone());
@@ -519,8 +504,15 @@ fn respond<S: ResourceSource + ?Sized>(
             .map(|(name, version)| (name.as_str(), version.as_str())),
     );
     let (n, nonce) = nonces.next();
-    if st.in_flight.len() == IN_FLIGHT_WINDOW {
-        st.in_flight.pop_front();
+    if st.in_flight.len() == IN_FLIGHT_WINDOW
+        && let Some(oldest) = st.in_flight.pop_front()
+        && let Some(next) = st.in_flight.front_mut()
+    {
+        // Far behind: the next response's answer will settle both, so it
+        // carries the oldest one's changes it does not override.
+        for (name, change) in oldest.changes {
+            next.changes.entry(name).or_insert(change);
+        }
     }
     st.in_flight.push_back(InFlight {
         nonce: n,
@@ -949,39 +941,5 @@ mod tests {
         assert_eq!(out[1].type_url, EDS.type_url());
         assert_eq!(sent(&out[1]), ["a.demo:80@1"], "only the changed cluster's");
         assert!(s.on_update(&src).is_empty());
-    }
-
-    #[test]
-    fn coalescing_two_unsent_responses_keeps_the_latest_per_resource() {
-        let mut src = source(&[
-            (EDS, "a.demo:80", "1"),
-            (EDS, "b.demo:80", "1"),
-            (EDS, "c.demo:80", "1"),
-        ]);
-        let mut s = ads();
-        let r1 = one(ask(
-            &mut s,
-            &src,
-            dreq(EDS).subscribe(["a.demo:80", "b.demo:80", "c.demo:80"]),
-        ));
-        src.insert(EDS, "a.demo:80", "2", b"")
-            .remove(EDS, "b.demo:80");
-        let r2 = one(s.on_update(&src));
-        let merged = s.coalesce(r1, r2.clone());
-        assert_eq!(merged.nonce, r2.nonce);
-        assert_eq!(sent(&merged), ["a.demo:80@2", "c.demo:80@1"]);
-        assert_eq!(merged.removed_resources, ["b.demo:80"]);
-
-        // One ACK of the merged response acknowledges everything in it.
-        ack(&mut s, &src, EDS, &merged);
-        let stats = s.stats();
-        let eds = stats.of(EDS).unwrap();
-        let acked: Vec<_> = eds
-            .acked_resources
-            .iter()
-            .map(|(n, v)| format!("{n}@{v}"))
-            .collect();
-        assert_eq!(acked, ["a.demo:80@2", "c.demo:80@1"]);
-        assert_eq!(eds.pending_nonce, None);
     }
 }

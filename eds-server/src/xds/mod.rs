@@ -7,8 +7,8 @@
 //!        DiscoveryRequest ──> SotwStream ──┤──> Vec<DiscoveryResponse>
 //!   DeltaDiscoveryRequest ──> DeltaStream ─┘──> Vec<DeltaDiscoveryResponse>
 //!                                 │                      │
-//!                      stats() ──>│ SubscriberStats      └──> LatestQueue (outbox, bounded,
-//!                                 v  (admin, edsctl)           latest value per key)
+//!                      stats() ──>│ SubscriberStats      └──> every response, in order,
+//!                                 v  (admin, CSDS, edsctl)     onto the stream's bounded outbox
 //! ```
 //!
 //! One [`sotw::SotwStream`] or [`delta::DeltaStream`] exists per gRPC stream.
@@ -18,11 +18,20 @@
 //! reads a clock, spawns a task or touches a socket, so every protocol case is
 //! a plain unit test.
 //!
+//! How a slow subscriber stays cheap is the glue's business ([`crate::serve`]),
+//! and it needs nothing from these machines beyond "send what they return":
+//! each stream task reads the topology through a `tokio::sync::watch`, which
+//! holds only the latest value, so a task that falls behind skips the
+//! intermediate topologies and calls `on_update` once with the newest; what
+//! it returns goes to a bounded outbox (an mpsc channel) that the task waits
+//! on. Memory per subscriber is therefore the outbox plus one topology, and
+//! no response is ever merged or dropped after it leaves a state machine,
+//! which keeps nonce bookkeeping exact.
+//!
 //! What this module is not: it does not build Envoy resources from endpoint
 //! sets (`proto::resources` does), does not decide per-zone weights (the
 //! [`cache::ResourceSource`] implementation does), and does not run the tonic
-//! services or the async glue that moves responses from the state machines
-//! through the [`queue::LatestQueue`] onto the wire.
+//! services or the async glue.
 //!
 //! References are to the Envoy "xDS REST and gRPC protocol" document
 //! (`docs/root/api-docs/xds_protocol.rst` in envoyproxy/envoy), cited by
@@ -30,12 +39,13 @@
 
 pub mod cache;
 pub mod delta;
-pub mod queue;
 pub mod sotw;
 pub mod stats;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod proptests;
 
 use proto::resources::{
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
@@ -44,7 +54,6 @@ use proto::resources::{
 
 pub use cache::{ClientInfo, Lookup, MemorySource, Resource, ResourceSource, ResourceVersion};
 pub use delta::DeltaStream;
-pub use queue::{LatestQueue, Pushed, QueueFull};
 pub use sotw::SotwStream;
 pub use stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 

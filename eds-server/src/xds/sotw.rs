@@ -75,10 +75,8 @@
 //!   and reconnect is cheap: bodies are shared.
 //!
 //! What this module is not: it does no IO and holds no resources; it reads
-//! them from a [`ResourceSource`] on each call, and the caller moves the
-//! responses to the wire (through a [`super::queue::LatestQueue`] keyed by
-//! type, which may drop an unsent response for a newer one of the same type:
-//! only the latest nonce matters here).
+//! them from a [`ResourceSource`] on each call, and the caller moves every
+//! response it returns to the wire, in order (see [`crate::serve`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
@@ -203,6 +201,15 @@ impl TypeState {
         added
     }
 
+    /// The last response, if the client rejected it and nothing was sent
+    /// since: a SotW response is accepted or rejected as a whole.
+    fn rejected_last(&self) -> Option<&Sent> {
+        self.last_sent.as_ref().filter(|s| {
+            self.answered_nonce.as_deref() == Some(s.nonce.as_str())
+                && self.nacked_version.as_deref() == Some(s.version_info.as_str())
+        })
+    }
+
     fn stats(&self, ty: ResourceType) -> TypeStats {
         let pending_nonce = self
             .last_sent
@@ -214,12 +221,21 @@ impl TypeState {
             wildcard: self.wildcard,
             subscribed: self.names.iter().cloned().collect(),
             sent_version: self.last_sent.as_ref().map(|s| s.version_info.clone()),
+            sent_resources: self
+                .last_sent
+                .as_ref()
+                .map(|s| s.resources.clone())
+                .unwrap_or_default(),
             pending_nonce,
             acked_version: self.acked.as_ref().map(|a| a.version.clone()),
             acked_resources: self
                 .acked
                 .as_ref()
                 .map(|a| a.resources.clone())
+                .unwrap_or_default(),
+            nacked_resources: self
+                .rejected_last()
+                .map(|s| s.resources.clone())
                 .unwrap_or_default(),
             last_ack_at: self.acked.as_ref().map(|a| a.at),
             last_nack: self.last_nack.clone(),
@@ -350,6 +366,16 @@ impl SotwStream {
             self.respond_to(ty, source, &mut out);
         }
         out
+    }
+
+    /// The stream's counters summed over types; cheaper than
+    /// [`Self::stats`] for glue that only needs to see what a request was.
+    pub fn counters(&self) -> Counters {
+        let mut counters = Counters::default();
+        for st in self.types.values() {
+            counters.add(&st.counters);
+        }
+        counters
     }
 
     /// A snapshot of this stream for the admin view.

@@ -8,10 +8,14 @@
 //!                                          ├─ counters (requests, responses, acks, nacks, stale)
 //!                                          └─ per type: TypeStats
 //!                                               ├─ subscription (wildcard, names)
-//!                                               ├─ sent version + nonce awaiting ACK
+//!                                               ├─ sent version (+ per resource) + nonce awaiting ACK
 //!                                               ├─ acked version (+ per resource)
+//!                                               ├─ resources whose sent version was NACKed
 //!                                               └─ last NACK (version, nonce, message, when)
 //! ```
+//!
+//! The same snapshot feeds the JSON admin view and CSDS ([`crate::csds`]
+//! maps it to `ClientConfig`), so both always agree.
 //!
 //! What this module is not: a metrics registry. It is a plain snapshot of one
 //! stream's state, taken on demand; Prometheus counters aggregate elsewhere.
@@ -93,6 +97,10 @@ pub struct TypeStats {
     /// Version of the last response produced (SotW `version_info`, delta
     /// `system_version_info`).
     pub sent_version: Option<String>,
+    /// Per resource: the version the server last sent, as far as the client
+    /// should hold it now (SotW: the last response; delta: every resource
+    /// sent or declared in `initial_resource_versions` and not removed).
+    pub sent_resources: BTreeMap<String, ResourceVersion>,
     /// Nonce of the last response, while it awaits an ACK or NACK.
     pub pending_nonce: Option<String>,
     /// The version the client last acknowledged (SotW `version_info`; delta:
@@ -101,6 +109,10 @@ pub struct TypeStats {
     pub acked_version: Option<String>,
     /// Per resource: the version the client has acknowledged.
     pub acked_resources: BTreeMap<String, ResourceVersion>,
+    /// Per resource: a version in `sent_resources` the client rejected and
+    /// that nothing newer has replaced yet. The client still runs the one in
+    /// `acked_resources`, if any.
+    pub nacked_resources: BTreeMap<String, ResourceVersion>,
     /// When the last ACK arrived.
     pub last_ack_at: Option<SystemTime>,
     /// The last NACK.

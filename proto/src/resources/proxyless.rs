@@ -59,6 +59,7 @@ use crate::xds::pb::envoy::extensions::load_balancing_policies::common::v3::{
 use crate::xds::pb::envoy::extensions::load_balancing_policies::{
     least_request::v3::LeastRequest, maglev::v3::Maglev, random::v3::Random,
     ring_hash::v3::RingHash, ring_hash::v3::ring_hash, round_robin::v3::RoundRobin,
+    wrr_locality::v3::WrrLocality,
 };
 use crate::xds::pb::google::protobuf::{UInt32Value, UInt64Value};
 
@@ -153,14 +154,16 @@ impl LbPolicy {
         }
     }
 
-    /// The legacy `Cluster.lb_policy` value for the same choice.
+    /// The legacy `Cluster.lb_policy` value for the same choice: only values
+    /// every gRPC client accepts, because grpc-go validates this enum even
+    /// when `load_balancing_policy` is set and NACKs the Cluster otherwise
+    /// ("unexpected lbPolicy RANDOM"). Random falls back to round robin and
+    /// Maglev to ring hash, as their A52 lists do.
     pub fn legacy_lb_policy(&self) -> cluster::LbPolicy {
         match self {
-            LbPolicy::RoundRobin => cluster::LbPolicy::RoundRobin,
+            LbPolicy::RoundRobin | LbPolicy::Random => cluster::LbPolicy::RoundRobin,
             LbPolicy::LeastRequest => cluster::LbPolicy::LeastRequest,
-            LbPolicy::RingHash { .. } => cluster::LbPolicy::RingHash,
-            LbPolicy::Random => cluster::LbPolicy::Random,
-            LbPolicy::Maglev { .. } => cluster::LbPolicy::Maglev,
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => cluster::LbPolicy::RingHash,
         }
     }
 
@@ -198,7 +201,29 @@ impl LbPolicy {
                 ..Default::default()
             },
         ));
+        if self.hashes() {
+            return list;
+        }
+        // gRPC honours locality weights only under wrr_locality (gRFC A52):
+        // a bare round_robin or least_request entry gets every endpoint of a
+        // priority as one flat list, so per-zone weights would be ignored.
+        // The same list inside it lets each client pick its endpoint policy.
+        let inner = list.clone();
+        list.insert(
+            0,
+            typed(
+                "envoy.load_balancing_policies.wrr_locality",
+                &WrrLocality {
+                    endpoint_picking_policy: Some(LoadBalancingPolicy { policies: inner }),
+                },
+            ),
+        );
         list
+    }
+
+    /// Whether the policy hashes requests (ring hash, Maglev).
+    fn hashes(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
     }
 }
 
@@ -456,10 +481,14 @@ mod tests {
     fn policy_lists_end_in_round_robin_and_match_the_legacy_enum() {
         use cluster::LbPolicy as Legacy;
         let cases: &[(LbPolicy, &[&str], Legacy)] = &[
-            (LbPolicy::RoundRobin, &["RoundRobin"], Legacy::RoundRobin),
+            (
+                LbPolicy::RoundRobin,
+                &["WrrLocality", "RoundRobin"],
+                Legacy::RoundRobin,
+            ),
             (
                 LbPolicy::LeastRequest,
-                &["LeastRequest", "RoundRobin"],
+                &["WrrLocality", "LeastRequest", "RoundRobin"],
                 Legacy::LeastRequest,
             ),
             (
@@ -467,11 +496,15 @@ mod tests {
                 &["RingHash", "RoundRobin"],
                 Legacy::RingHash,
             ),
-            (LbPolicy::Random, &["Random", "RoundRobin"], Legacy::Random),
+            (
+                LbPolicy::Random,
+                &["WrrLocality", "Random", "RoundRobin"],
+                Legacy::RoundRobin,
+            ),
             (
                 LbPolicy::Maglev { header: None },
                 &["Maglev", "RingHash", "RoundRobin"],
-                Legacy::Maglev,
+                Legacy::RingHash,
             ),
         ];
         for (policy, urls, legacy) in cases {
@@ -486,6 +519,19 @@ mod tests {
     fn typed_configs_carry_what_grpc_checks() {
         let list = LbPolicy::LeastRequest.policies();
         let any = list[0]
+            .typed_extension_config
+            .as_ref()
+            .unwrap()
+            .typed_config
+            .as_ref()
+            .unwrap();
+        let wrr: WrrLocality = unpack(any).unwrap();
+        assert_eq!(
+            wrr.endpoint_picking_policy.unwrap().policies,
+            list[1..],
+            "wrr_locality wraps the same list"
+        );
+        let any = list[1]
             .typed_extension_config
             .as_ref()
             .unwrap()

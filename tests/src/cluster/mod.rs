@@ -15,6 +15,11 @@
 //! left by a crash stops whatever the old state recorded and wipes it.
 //! There is no kubelet, scheduler or kube-proxy: the test harness
 //! ([`crate::harness`]) plays the kubelet's part for pod status.
+//!
+//! kube-apiserver alone can be stopped and started again
+//! ([`ControlPlane::stop_apiserver`], [`ControlPlane::start_apiserver`]) with
+//! the same flags, port and directory, so tests can prove that clients of the
+//! API ride out an API server outage; etcd keeps the data meanwhile.
 
 pub mod build;
 pub mod pki;
@@ -24,6 +29,8 @@ use std::fs;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -92,13 +99,22 @@ impl ClusterState {
     }
 }
 
+/// Where kube-apiserver sits in [`ControlPlane`]'s start order.
+const APISERVER: usize = 1;
+
 /// A running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
     state: ClusterState,
     binaries: Binaries,
+    lifetime: Lifetime,
+    /// kube-apiserver's flags, kept so a restart uses exactly the same ones.
+    apiserver_args: Vec<String>,
+    /// Restarts so far, to give each restarted API server its own log.
+    apiserver_restarts: AtomicU32,
     // Dropped (and so stopped) in reverse order of start: kcm, apiserver, etcd, network.
-    processes: Vec<ChildProcess>,
+    // Behind a lock so a shared control plane can restart its API server.
+    processes: Mutex<Vec<ChildProcess>>,
     // `None` only after `release`, which consumes the control plane.
     network: Option<PodNetwork>,
 }
@@ -151,35 +167,32 @@ impl ControlPlane {
             lifetime,
         )?);
 
-        let mut api = Command::new(&binaries.kube_apiserver);
-        api.arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={api_port}"))
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--secure-port={api_port}"),
             // Must not be loopback; the pod network's host address is ours.
-            .arg(format!("--advertise-address={host_ip}"))
-            .arg("--endpoint-reconciler-type=none")
-            .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                pki.serving_key.display()
-            ))
-            .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!(
-                "--service-account-key-file={}",
-                pki.sa_pub.display()
-            ))
-            .arg(format!(
+            format!("--advertise-address={host_ip}"),
+            "--endpoint-reconciler-type=none".to_owned(),
+            format!("--tls-cert-file={}", pki.serving_cert.display()),
+            format!("--tls-private-key-file={}", pki.serving_key.display()),
+            format!("--client-ca-file={}", pki.ca_cert.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+            format!("--service-account-key-file={}", pki.sa_pub.display()),
+            format!(
                 "--service-account-signing-key-file={}",
                 pki.sa_key.display()
-            ))
-            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-            .arg("--authorization-mode=RBAC")
+            ),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--authorization-mode=RBAC".to_owned(),
             // No token controller runs, so pods cannot get default SA tokens mounted.
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--allow-privileged=true")
-            .arg("--profiling=false")
-            .arg(format!("--cert-dir={}", dir.join("pki").display()));
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+            "--allow-privileged=true".to_owned(),
+            "--profiling=false".to_owned(),
+            format!("--cert-dir={}", dir.join("pki").display()),
+        ];
+        let mut api = Command::new(&binaries.kube_apiserver);
+        api.args(&apiserver_args);
         processes.push(ChildProcess::spawn(
             "kube-apiserver",
             api,
@@ -206,7 +219,10 @@ impl ControlPlane {
                 kubernetes_version: versions::KUBERNETES.to_owned(),
             },
             binaries,
-            processes,
+            lifetime,
+            apiserver_args,
+            apiserver_restarts: AtomicU32::new(0),
+            processes: Mutex::new(processes),
             network: Some(network),
         };
         plane.wait_ready(Duration::from_secs(90))?;
@@ -221,32 +237,61 @@ impl ControlPlane {
             .arg("--secure-port=0")
             .arg("--use-service-account-credentials=false")
             .arg("--max-endpoints-per-slice=100");
-        plane.processes.push(ChildProcess::spawn(
+        plane.processes_mut().push(ChildProcess::spawn(
             "kube-controller-manager",
             kcm,
             &dir.join("kube-controller-manager.log"),
             lifetime,
         )?);
-        plane.state.pids = plane
-            .processes
-            .iter()
-            .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
-            .map(|(p, name)| (name.to_owned(), p.pid()))
-            .collect();
-        fs::write(
-            dir.join("state.json"),
-            serde_json::to_vec_pretty(&plane.state)?,
-        )?;
+        plane.state.pids = plane.pids();
+        plane.write_state(&plane.state)?;
         Ok(plane)
     }
 
+    fn processes_mut(&mut self) -> &mut Vec<ChildProcess> {
+        // A poisoned lock only means a panic while it was held; the list is still valid.
+        self.processes
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ChildProcess>> {
+        self.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The pids of the running processes, by name, in start order.
+    fn pids(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .iter()
+            .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
+            .map(|(p, name)| (name.to_owned(), p.pid()))
+            .collect()
+    }
+
+    fn write_state(&self, state: &ClusterState) -> anyhow::Result<()> {
+        fs::write(
+            self.state.dir.join("state.json"),
+            serde_json::to_vec_pretty(state)?,
+        )?;
+        Ok(())
+    }
+
     /// Polls `/readyz` through kubectl until it answers `ok`.
-    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            for p in &mut self.processes {
-                p.check_running()?;
-            }
+            let log = {
+                let mut processes = self.lock();
+                for p in processes.iter_mut() {
+                    p.check_running()?;
+                }
+                processes
+                    .get(APISERVER)
+                    .map(|p| p.log().to_owned())
+                    .unwrap_or_else(|| self.state.dir.join("kube-apiserver.log"))
+            };
             let out = self.kubectl().args(["get", "--raw=/readyz"]).output()?;
             if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
                 return Ok(());
@@ -254,12 +299,64 @@ impl ControlPlane {
             if Instant::now() > deadline {
                 bail!(
                     "kube-apiserver not ready after {timeout:?}; last lines of {}:\n{}",
-                    self.state.dir.join("kube-apiserver.log").display(),
-                    log_tail(&self.state.dir.join("kube-apiserver.log"), 20)
+                    log.display(),
+                    log_tail(&log, 20)
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after 5 s) and waits until it
+    /// has exited; etcd, the controller manager and the pod network keep
+    /// running, and clients of the API see connection errors until
+    /// [`ControlPlane::start_apiserver`]. Fails if it is already stopped.
+    /// Blocks the calling thread.
+    pub fn stop_apiserver(&self) -> anyhow::Result<()> {
+        let mut processes = self.lock();
+        let api = processes
+            .get_mut(APISERVER)
+            .context("the control plane has no kube-apiserver process")?;
+        api.check_running()
+            .context("kube-apiserver is not running, so it cannot be stopped")?;
+        api.stop(Duration::from_secs(5));
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again after [`ControlPlane::stop_apiserver`],
+    /// with the same flags (so the same port, certificates and etcd) and
+    /// waits until `/readyz` says `ok`. Its log goes to
+    /// `kube-apiserver-restart-<n>.log` next to the first one, and
+    /// `state.json` records its pid (while [`ControlPlane::state`] keeps the
+    /// pids at start). Fails if it is running. Blocks the calling thread.
+    pub fn start_apiserver(&self) -> anyhow::Result<()> {
+        {
+            let mut processes = self.lock();
+            let api = processes
+                .get_mut(APISERVER)
+                .context("the control plane has no kube-apiserver process")?;
+            if api.check_running().is_ok() {
+                bail!("kube-apiserver is running already; stop_apiserver first");
+            }
+            let n = self.apiserver_restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut cmd = Command::new(&self.binaries.kube_apiserver);
+            cmd.args(&self.apiserver_args);
+            *api = ChildProcess::spawn(
+                "kube-apiserver",
+                cmd,
+                &self
+                    .state
+                    .dir
+                    .join(format!("kube-apiserver-restart-{n}.log")),
+                self.lifetime,
+            )?;
+        }
+        let state = ClusterState {
+            pids: self.pids(),
+            ..self.state.clone()
+        };
+        self.write_state(&state)?;
+        self.wait_ready(Duration::from_secs(90))
     }
 
     /// A kubectl command against this cluster.
@@ -283,7 +380,7 @@ impl ControlPlane {
 
     /// Fails if any control-plane process has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        for p in &mut self.processes {
+        for p in self.processes_mut() {
             p.check_running()?;
         }
         Ok(())
@@ -291,7 +388,7 @@ impl ControlPlane {
 
     /// Leaves a detached control plane running (for `cluster up`).
     pub fn release(mut self) -> ClusterState {
-        for p in self.processes.drain(..) {
+        for p in self.processes_mut().drain(..) {
             p.release();
         }
         if let Some(network) = self.network.take() {
@@ -304,7 +401,7 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // Reverse start order: controllers first, etcd last.
-        while let Some(mut p) = self.processes.pop() {
+        while let Some(mut p) = self.processes_mut().pop() {
             p.stop(Duration::from_secs(5));
         }
     }

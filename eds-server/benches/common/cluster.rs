@@ -1,0 +1,297 @@
+//! A synthetic cluster for the scale figures of issue 4: 10,000 Services and
+//! their EndpointSlices, 100,000 endpoints over three zones, shared by
+//! `benches/snapshot.rs` and `examples/scale_rss.rs` (both include this file
+//! with `#[path]`).
+//!
+//! The objects look like what the API server sends after eds-server's
+//! watcher strips `managedFields`: uid, resourceVersion, creation time,
+//! owner reference, the EndpointSlice controller's labels and annotation,
+//! per-endpoint `targetRef` with uid, node name and zone. Shape:
+//!
+//! ```text
+//!   Services          10,000 in 100 namespaces; one TCP port `grpc` 8080,
+//!                     targetPort `grpc` (named, resolved per slice)
+//!   endpoints/service 10 x 1,000, 90 x 100, 9,900 cycling 1..24 (mean 8.2)
+//!   EndpointSlices    at most 100 endpoints each; every 10th Service is
+//!                     mid-rollout: half its pods serve `grpc` on 50052
+//!                     instead of 50051, so they sit in separate slices, as
+//!                     the EndpointSlice controller groups by port mapping
+//!   conditions        1% draining (serving, terminating), 0.5% not ready,
+//!                     the rest ready
+//! ```
+//!
+//! What it is not: a model of any particular cluster's object sizes (real
+//! objects may carry more labels and annotations), and it has no Pods, so
+//! the index runs without a Pod watch (its default).
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use eds_server::k8s::Index;
+use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+
+/// Services in the cluster.
+pub(crate) const SERVICES: usize = 10_000;
+/// Endpoints over all Services.
+pub(crate) const ENDPOINTS: usize = 100_000;
+/// Endpoints of each of the largest Services.
+pub(crate) const BIG: usize = 1_000;
+/// Zones endpoints are spread over.
+pub(crate) const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+/// The Service port every Service has.
+pub(crate) const PORT: u16 = 8080;
+/// Most endpoints per slice, as the EndpointSlice controller writes them.
+pub(crate) const MAX_PER_SLICE: usize = 100;
+
+/// Endpoints per Service, in Service order; sums to [`ENDPOINTS`].
+pub(crate) fn sizes() -> Vec<usize> {
+    // 11 sizes summing to 90: 9,900 Services take 81,000 endpoints.
+    const CYCLE: [usize; 11] = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 24];
+    let sizes: Vec<usize> = (0..SERVICES)
+        .map(|i| match i {
+            0..10 => BIG,
+            10..100 => 100,
+            _ => CYCLE[i % CYCLE.len()],
+        })
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), ENDPOINTS);
+    sizes
+}
+
+/// Namespace and name of Service `i`.
+pub(crate) fn service_name(i: usize) -> (String, String) {
+    (format!("team-{:02}", i % 100), format!("svc-{i:05}"))
+}
+
+/// The canonical service key (and CLA name) of Service `i`.
+pub(crate) fn key(i: usize) -> String {
+    let (ns, name) = service_name(i);
+    format!("{name}.{ns}:{PORT}")
+}
+
+/// The synthetic cluster's objects.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    /// Every Service.
+    pub(crate) services: Vec<Service>,
+    /// Every EndpointSlice, grouped by Service in Service order.
+    pub(crate) slices: Vec<EndpointSlice>,
+}
+
+fn time(secs: i64) -> Time {
+    Time(Timestamp::from_second(1_780_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// A uid-shaped string, distinct per `(kind, n)`.
+fn uid(kind: u8, n: usize) -> String {
+    let x = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(kind);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        x >> 32,
+        (x >> 16) & 0xffff,
+        x & 0xfff,
+        (n >> 12) & 0xfff,
+        n
+    )
+}
+
+/// A 5-character generateName suffix.
+fn suffix(n: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut x = (n as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 20;
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET[(x % ALPHABET.len() as u64) as usize];
+            x /= ALPHABET.len() as u64;
+            char::from(c)
+        })
+        .collect()
+}
+
+fn service(i: usize) -> Service {
+    let (ns, name) = service_name(i);
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns),
+            uid: Some(uid(1, i)),
+            resource_version: Some(format!("{}", 1_000_000 + i)),
+            creation_timestamp: Some(time(i as i64)),
+            labels: Some(BTreeMap::from([("app".to_owned(), name.clone())])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(format!("10.96.{}.{}", i / 256, i % 256)),
+            cluster_ips: Some(vec![format!("10.96.{}.{}", i / 256, i % 256)]),
+            internal_traffic_policy: Some("Cluster".to_owned()),
+            ip_families: Some(vec!["IPv4".to_owned()]),
+            ip_family_policy: Some("SingleStack".to_owned()),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc".to_owned()),
+                port: i32::from(PORT),
+                protocol: Some("TCP".to_owned()),
+                target_port: Some(IntOrString::String("grpc".to_owned())),
+                ..ServicePort::default()
+            }]),
+            selector: Some(BTreeMap::from([("app".to_owned(), name)])),
+            session_affinity: Some("None".to_owned()),
+            type_: Some("ClusterIP".to_owned()),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Ready, draining or not ready, by the endpoint's global number.
+fn conditions(global: usize) -> EndpointConditions {
+    let (ready, serving, terminating) = if global % 100 == 97 {
+        (false, true, true)
+    } else if global % 200 == 199 {
+        (false, false, false)
+    } else {
+        (true, true, false)
+    };
+    EndpointConditions {
+        ready: Some(ready),
+        serving: Some(serving),
+        terminating: Some(terminating),
+    }
+}
+
+fn endpoint(ns: &str, name: &str, global: usize) -> Endpoint {
+    let ip = global + 1;
+    Endpoint {
+        addresses: vec![format!(
+            "10.{}.{}.{}",
+            64 + (ip >> 16),
+            (ip >> 8) & 0xff,
+            ip & 0xff
+        )],
+        conditions: Some(conditions(global)),
+        node_name: Some(format!("node-{:03}", global % 300)),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".to_owned()),
+            name: Some(format!(
+                "{name}-{}-{}",
+                suffix(global / 1000),
+                suffix(global)
+            )),
+            namespace: Some(ns.to_owned()),
+            uid: Some(uid(2, global)),
+            ..ObjectReference::default()
+        }),
+        zone: Some(ZONES[global % ZONES.len()].to_owned()),
+        ..Endpoint::default()
+    }
+}
+
+fn slice(i: usize, n: usize, target: i32, endpoints: Vec<Endpoint>) -> EndpointSlice {
+    let (ns, name) = service_name(i);
+    let labels = BTreeMap::from([
+        ("app".to_owned(), name.clone()),
+        (
+            "endpointslice.kubernetes.io/managed-by".to_owned(),
+            "endpointslice-controller.k8s.io".to_owned(),
+        ),
+        ("kubernetes.io/service-name".to_owned(), name.clone()),
+    ]);
+    EndpointSlice {
+        address_type: "IPv4".to_owned(),
+        endpoints: Some(endpoints),
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-{}", suffix(n))),
+            generate_name: Some(format!("{name}-")),
+            namespace: Some(ns),
+            uid: Some(uid(3, n)),
+            resource_version: Some(format!("{}", 2_000_000 + n)),
+            generation: Some(1),
+            creation_timestamp: Some(time(n as i64)),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                "endpoints.kubernetes.io/last-change-trigger-time".to_owned(),
+                "2026-05-28T10:00:00Z".to_owned(),
+            )])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".to_owned(),
+                block_owner_deletion: Some(true),
+                controller: Some(true),
+                kind: "Service".to_owned(),
+                name,
+                uid: uid(1, i),
+            }]),
+            ..ObjectMeta::default()
+        },
+        ports: Some(vec![EndpointPort {
+            name: Some("grpc".to_owned()),
+            port: Some(target),
+            protocol: Some("TCP".to_owned()),
+            app_protocol: None,
+        }]),
+    }
+}
+
+/// Builds every object. Deterministic: the same call gives the same objects.
+pub(crate) fn generate() -> Cluster {
+    let sizes = sizes();
+    let services = (0..SERVICES).map(service).collect();
+    let mut slices = Vec::new();
+    let mut global = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        let (ns, name) = service_name(i);
+        let endpoints: Vec<Endpoint> = (global..global + size)
+            .map(|g| endpoint(&ns, &name, g))
+            .collect();
+        global += size;
+        // Mid-rollout Services: the second half of the pods serve another port.
+        let split = if i % 10 == 0 { size / 2 } else { size };
+        let (old, new) = endpoints.split_at(split);
+        for (target, group) in [(50051, old), (50052, new)] {
+            for chunk in group.chunks(MAX_PER_SLICE) {
+                let n = slices.len();
+                slices.push(slice(i, n, target, chunk.to_vec()));
+            }
+        }
+    }
+    Cluster { services, slices }
+}
+
+/// Feeds every object to `index` as the watcher does after its initial lists.
+pub(crate) fn populate(index: &mut Index, cluster: &Cluster, now: SystemTime) {
+    for svc in &cluster.services {
+        index.apply_service(svc);
+    }
+    for slice in &cluster.slices {
+        index.apply_slice(slice, now);
+    }
+}
+
+/// The first slice of Service 0 (a 1,000-endpoint Service) in two versions
+/// that differ in one pod's readiness: the event a one-pod change sends.
+pub(crate) fn one_pod_change(cluster: &Cluster) -> [EndpointSlice; 2] {
+    let (_, name) = service_name(0);
+    let original = cluster
+        .slices
+        .iter()
+        .find(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                == Some(&name)
+        })
+        .expect("Service 0 has slices")
+        .clone();
+    let mut changed = original.clone();
+    if let Some(ep) = changed.endpoints.as_mut().and_then(|e| e.first_mut()) {
+        ep.conditions = Some(EndpointConditions {
+            ready: Some(false),
+            serving: Some(false),
+            terminating: Some(false),
+        });
+    }
+    [changed, original]
+}
