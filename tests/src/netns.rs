@@ -207,7 +207,9 @@ impl PodNetwork {
                 return Ok(ip);
             }
             let err = String::from_utf8_lossy(&out.stderr);
-            if !err.contains("exists") {
+            // iproute2 says "File exists" or, with newer kernels' extended
+            // acks, "ipv4: Address already assigned".
+            if !err.contains("exists") && !err.contains("already assigned") {
                 bail!("assigning pod IP {ip}: {}", err.trim());
             }
         }

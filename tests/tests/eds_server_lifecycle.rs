@@ -541,7 +541,7 @@ async fn a_2000_endpoint_rollout_reaches_a_subscriber_in_few_pushes() -> anyhow:
         tokio::spawn(async move {
             let mut sizes = vec![endpoints_named(&first, &key)?.map_or(0, |s| s.len())];
             loop {
-                let resp = client.recv(Duration::from_secs(300)).await?;
+                let resp = client.recv(Duration::from_secs(120)).await?;
                 client.ack(&resp, &[&key]).await?;
                 let n = endpoints_named(&resp, &key)?.map_or(0, |s| s.len());
                 sizes.push(n);
@@ -555,7 +555,7 @@ async fn a_2000_endpoint_rollout_reaches_a_subscriber_in_few_pushes() -> anyhow:
     // The rollout, as a ReplicaSet and kubelets make it: every pod is
     // created, then each becomes ready. 32 requests in flight at a time.
     let started = Instant::now();
-    let pods: Vec<TestPod> = futures::stream::iter(0..ROLLOUT_PODS)
+    let results: Vec<anyhow::Result<TestPod>> = futures::stream::iter(0..ROLLOUT_PODS)
         .map(|i| {
             let ns = ns.clone();
             async move {
@@ -569,20 +569,40 @@ async fn a_2000_endpoint_rollout_reaches_a_subscriber_in_few_pushes() -> anyhow:
             }
         })
         .buffer_unordered(32)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
     let created = started.elapsed();
-    futures::stream::iter(&pods)
-        .map(|pod| pod.set_ready(true))
-        .buffer_unordered(32)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let readied = started.elapsed();
-    let sizes = watcher.await??;
-    let complete = started.elapsed();
+    let mut pods = Vec::with_capacity(results.len());
+    let mut failure = None;
+    for result in results {
+        match result {
+            Ok(pod) => pods.push(pod),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    // Everything that can fail runs here, so 2,000 pods and their IPs are
+    // cleaned up whatever happens; the assertions come after.
+    let outcome = async {
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        futures::stream::iter(&pods)
+            .map(|pod| pod.set_ready(true))
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let readied = started.elapsed();
+        let sizes = watcher.await??;
+        let complete = started.elapsed();
+        let (code, metrics) = server.get("/metrics").await?;
+        anyhow::ensure!(code == 200, "GET /metrics: {code}");
+        anyhow::Ok((sizes, metrics, readied, complete))
+    }
+    .await;
+    drop(server);
+    ns.delete_with_pods(&pods).await?;
+    let (sizes, metrics, readied, complete) = outcome?;
 
-    let (code, metrics) = server.get("/metrics").await?;
-    assert_eq!(code, 200);
     let kube_events = metric_sum(&metrics, "eds_state", &[("name", "kube_events")]);
     let published = metric_sum(&metrics, "eds_state", &[("name", "topologies_published")]);
     let pushes = sizes.len();
@@ -602,7 +622,5 @@ async fn a_2000_endpoint_rollout_reaches_a_subscriber_in_few_pushes() -> anyhow:
         "{pushes} pushes is not far below the {writes} Kubernetes changes of the rollout"
     );
     assert_eq!(sizes.last(), Some(&ROLLOUT_PODS));
-
-    drop(server);
-    ns.delete_with_pods(&pods).await
+    Ok(())
 }
