@@ -82,7 +82,8 @@ use tracing::{debug, warn};
 use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 use super::{
-    NonceSeq, PUSH_ORDER, ResourceType, StreamKind, XdsError, content_version, is_full_state,
+    NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, content_version,
+    is_full_state,
 };
 
 /// How many unacknowledged responses per type are tracked by nonce for
@@ -97,12 +98,9 @@ const IN_FLIGHT_WINDOW: usize = 16;
 /// per-type delta service).
 #[derive(Debug)]
 pub struct DeltaStream {
-    kind: StreamKind,
-    client: ClientInfo,
-    client_known: bool,
+    id: StreamIdentity,
     nonces: NonceSeq,
     types: BTreeMap<ResourceType, TypeState>,
-    errors: u64,
 }
 
 /// One type's state on the stream.
@@ -188,18 +186,15 @@ impl DeltaStream {
     /// request that carries a `Node`.
     pub fn new(kind: StreamKind) -> Self {
         DeltaStream {
-            kind,
-            client: ClientInfo::default(),
-            client_known: false,
+            id: StreamIdentity::new(kind),
             nonces: NonceSeq::default(),
             types: BTreeMap::new(),
-            errors: 0,
         }
     }
 
     /// Who the client is (empty until a request with a `Node` arrived).
     pub fn client(&self) -> &ClientInfo {
-        &self.client
+        &self.id.client
     }
 
     /// Handles one request received at `now`, reading resources from
@@ -214,20 +209,7 @@ impl DeltaStream {
         source: &S,
         now: SystemTime,
     ) -> Result<Vec<DeltaDiscoveryResponse>, XdsError> {
-        let ty = match self.kind.resolve(&req.type_url) {
-            Ok(ty) => ty,
-            Err(err) => {
-                self.errors += 1;
-                warn!(node = %self.client.node_id, %err, "rejecting delta xDS request");
-                return Err(err);
-            }
-        };
-        if !self.client_known
-            && let Some(node) = &req.node
-        {
-            self.client = ClientInfo::from_node(node);
-            self.client_known = true;
-        }
+        let ty = self.id.admit(&req.type_url, req.node.as_ref(), "delta")?;
         let first = !self.types.contains_key(&ty);
         let st = self.types.entry(ty).or_default();
         st.counters.requests += 1;
@@ -270,8 +252,8 @@ impl DeltaStream {
                         st.counters.stale += 1;
                     }
                     warn!(
-                        node = %self.client.node_id,
-                        zone = self.client.zone.as_deref().unwrap_or(""),
+                        node = %self.id.client.node_id,
+                        zone = self.id.client.zone.as_deref().unwrap_or(""),
                         r#type = ty.short_name(),
                         nonce = %record.nonce,
                         rejected_version = %record.rejected_version,
@@ -287,7 +269,7 @@ impl DeltaStream {
                 (None, None) => {
                     st.counters.stale += 1;
                     debug!(
-                        node = %self.client.node_id,
+                        node = %self.id.client.node_id,
                         r#type = ty.short_name(),
                         nonce = %req.response_nonce,
                         "stale or unknown nonce: no ACK effect; subscription changes still apply"
@@ -307,7 +289,7 @@ impl DeltaStream {
             // Only the first request of a type on a stream may carry it; the
             // stream's own bookkeeping is more accurate than a late claim.
             debug!(
-                node = %self.client.node_id,
+                node = %self.id.client.node_id,
                 r#type = ty.short_name(),
                 count = initial.len(),
                 "ignoring initial_resource_versions after the first request"
@@ -385,11 +367,11 @@ impl DeltaStream {
             })
             .collect();
         SubscriberStats {
-            client: self.client.clone(),
+            client: self.id.client.clone(),
             protocol: Protocol::Delta,
-            stream: self.kind,
+            stream: self.id.kind,
             counters,
-            errors: self.errors,
+            errors: self.id.errors,
             types,
         }
     }
@@ -402,15 +384,12 @@ impl DeltaStream {
         out: &mut Vec<DeltaDiscoveryResponse>,
     ) {
         let DeltaStream {
-            client,
-            nonces,
-            types,
-            ..
+            id, nonces, types, ..
         } = self;
         let Some(st) = types.get_mut(&ty) else {
             return;
         };
-        let Some((response, updated)) = respond(ty, st, source, client, nonces) else {
+        let Some((response, updated)) = respond(ty, st, source, &id.client, nonces) else {
             return;
         };
         if ty == ResourceType::Cluster

@@ -151,6 +151,51 @@ impl From<XdsError> for tonic::Status {
     }
 }
 
+/// What every stream, SotW or delta, knows besides its per-type state:
+/// which service it belongs to, who the client is (from the first request
+/// that carries a `Node`), and how many requests it refused.
+#[derive(Debug)]
+struct StreamIdentity {
+    kind: StreamKind,
+    client: ClientInfo,
+    client_known: bool,
+    errors: u64,
+}
+
+impl StreamIdentity {
+    fn new(kind: StreamKind) -> Self {
+        StreamIdentity {
+            kind,
+            client: ClientInfo::default(),
+            client_known: false,
+            errors: 0,
+        }
+    }
+
+    /// The type a request is about, learning the client from its `Node` the
+    /// first time one arrives. A refusal is counted and logged; the caller
+    /// ends the stream with it and changes nothing else.
+    fn admit(
+        &mut self,
+        type_url: &str,
+        node: Option<&proto::xds::pb::envoy::config::core::v3::Node>,
+        protocol: &str,
+    ) -> Result<ResourceType, XdsError> {
+        let ty = self.kind.resolve(type_url).map_err(|err| {
+            self.errors += 1;
+            tracing::warn!(node = %self.client.node_id, %err, protocol, "rejecting xDS request");
+            err
+        })?;
+        if !self.client_known
+            && let Some(node) = node
+        {
+            self.client = ClientInfo::from_node(node);
+            self.client_known = true;
+        }
+        Ok(ty)
+    }
+}
+
 /// Nonces unique within one stream. A nonce is only meaningful on the stream
 /// that issued it (xDS protocol, "Basic Protocol Overview"), so a counter is
 /// enough; it is printed in decimal and parsed back for delta bookkeeping.

@@ -87,19 +87,17 @@ use tracing::{debug, warn};
 use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 use super::{
-    NonceSeq, PUSH_ORDER, ResourceType, StreamKind, XdsError, content_version, is_full_state,
+    NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, content_version,
+    is_full_state,
 };
 
 /// The state-of-the-world protocol state of one gRPC stream (ADS or a
 /// per-type service).
 #[derive(Debug)]
 pub struct SotwStream {
-    kind: StreamKind,
-    client: ClientInfo,
-    client_known: bool,
+    id: StreamIdentity,
     nonces: NonceSeq,
     types: BTreeMap<ResourceType, TypeState>,
-    errors: u64,
 }
 
 /// One type's state on the stream.
@@ -249,18 +247,15 @@ impl SotwStream {
     /// request that carries a `Node`.
     pub fn new(kind: StreamKind) -> Self {
         SotwStream {
-            kind,
-            client: ClientInfo::default(),
-            client_known: false,
+            id: StreamIdentity::new(kind),
             nonces: NonceSeq::default(),
             types: BTreeMap::new(),
-            errors: 0,
         }
     }
 
     /// Who the client is (empty until a request with a `Node` arrived).
     pub fn client(&self) -> &ClientInfo {
-        &self.client
+        &self.id.client
     }
 
     /// Handles one request received at `now`, reading resources from
@@ -276,20 +271,7 @@ impl SotwStream {
         source: &S,
         now: SystemTime,
     ) -> Result<Vec<DiscoveryResponse>, XdsError> {
-        let ty = match self.kind.resolve(&req.type_url) {
-            Ok(ty) => ty,
-            Err(err) => {
-                self.errors += 1;
-                warn!(node = %self.client.node_id, %err, "rejecting xDS request");
-                return Err(err);
-            }
-        };
-        if !self.client_known
-            && let Some(node) = &req.node
-        {
-            self.client = ClientInfo::from_node(node);
-            self.client_known = true;
-        }
+        let ty = self.id.admit(&req.type_url, req.node.as_ref(), "sotw")?;
         let first = !self.types.contains_key(&ty);
         let st = self.types.entry(ty).or_insert_with(TypeState::new);
         st.counters.requests += 1;
@@ -320,14 +302,14 @@ impl SotwStream {
                 let record = nack_record(&req, Some(sent), false, now);
                 st.answered_nonce = Some(sent.nonce.clone());
                 st.nacked_version = Some(sent.version_info.clone());
-                log_nack(&self.client, ty, &record);
+                log_nack(&self.id.client, ty, &record);
                 st.counters.nacks += 1;
                 st.last_nack = Some(record);
             }
             Role::Stale => {
                 st.counters.stale += 1;
                 debug!(
-                    node = %self.client.node_id,
+                    node = %self.id.client.node_id,
                     r#type = ty.short_name(),
                     nonce = %req.response_nonce,
                     latest = st.last_sent.as_ref().map(|s| s.nonce.as_str()),
@@ -337,7 +319,7 @@ impl SotwStream {
                     // Still a real rejection an operator wants to see, but
                     // of a response that has been superseded already.
                     let record = nack_record(&req, None, true, now);
-                    log_nack(&self.client, ty, &record);
+                    log_nack(&self.id.client, ty, &record);
                     st.counters.nacks += 1;
                     st.last_nack = Some(record);
                 }
@@ -390,11 +372,11 @@ impl SotwStream {
             })
             .collect();
         SubscriberStats {
-            client: self.client.clone(),
+            client: self.id.client.clone(),
             protocol: Protocol::Sotw,
-            stream: self.kind,
+            stream: self.id.kind,
             counters,
-            errors: self.errors,
+            errors: self.id.errors,
             types,
         }
     }
@@ -407,16 +389,13 @@ impl SotwStream {
         out: &mut Vec<DiscoveryResponse>,
     ) {
         let SotwStream {
-            client,
-            nonces,
-            types,
-            ..
+            id, nonces, types, ..
         } = self;
         let Some(st) = types.get_mut(&ty) else {
             return;
         };
         let previous = st.last_sent.as_ref().map(|s| s.version_info.clone());
-        let Some(response) = respond(ty, st, source, client, nonces) else {
+        let Some(response) = respond(ty, st, source, &id.client, nonces) else {
             return;
         };
         // Envoy re-warms a cluster whose definition changed and waits for
