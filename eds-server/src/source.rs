@@ -169,11 +169,10 @@ impl SnapshotSource {
                 let mut placement = BTreeMap::new();
                 // Ring hash multiplies locality weight into endpoint weight: per-zone
                 // weights would map one key to different endpoints from different zones.
-                let hashing = self.policy(meta, &canonical).hash_header().is_some()
-                    || matches!(
-                        self.policy(meta, &canonical),
-                        LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
-                    );
+                let hashing = matches!(
+                    self.policy(meta, &canonical),
+                    LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
+                );
                 if let (Some(zone), false) = (zone, hashing) {
                     placement = zone_placement(&set, zone);
                     opts = opts.with_placement_map(placement.clone());
