@@ -1,4 +1,64 @@
-//! lb-client: per-request balancing for tonic services, fed by eds-server over ADS.
+//! lb-client: per-request load balancing for tonic services, fed by
+//! eds-server over ADS.
 //!
-//! Not built yet (issue 6). This crate exists so the workspace has the shape
-//! of ARCHITECTURE.md; it exports nothing and claims nothing.
+//! ```text
+//!  eds-server --ADS (EDS)--> control --> pool per service --> LbChannel (tower Service)
+//!                              |          lb-core Balancer         |
+//!                      snapshot file      conn per endpoint        v
+//!                      DNS fallback       outlier detector   tonic generated client
+//! ```
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use lb_client::{LbClient, LbConfig};
+//! use proto::echo::echo_client::EchoClient;
+//!
+//! let client = LbClient::connect(LbConfig::new("http://eds-server.eds-system:18000"))?;
+//! let mut echo = EchoClient::new(client.channel("echo.demo:8080")?);
+//! let reply = echo.echo(proto::echo::EchoRequest::default()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every request is balanced on its own with the service's policy from
+//! `lb-core` (P2C on in-flight requests by default), zone affinity from
+//! `LbConfig::zone` (or `$EDS_ZONE`), slow start from each endpoint's
+//! `ready_since`, outlier ejection from gRPC statuses and transport errors,
+//! draining endpoints only as a last resort, and a panic threshold.
+//!
+//! What it is not: a general xDS client (it subscribes to EDS only; policies
+//! come from [`LbConfig`], not from CDS), or a TLS client towards backends
+//! (connections to endpoints are plaintext HTTP/2, as pod-to-pod gRPC in a
+//! mesh-less cluster usually is; TLS is for the control plane).
+
+mod ads;
+mod channel;
+mod client;
+mod config;
+mod conn;
+mod control;
+mod error;
+mod metrics;
+mod persist;
+mod pool;
+
+pub use ads::{AdsSession, Verdict};
+pub use channel::{BoxError, LbChannel};
+pub use client::{ClientDebug, LbClient};
+pub use config::{Backoff, DnsFallback, HashSource, LbConfig, RetryConfig, ServiceOptions};
+pub use control::ControlPlaneStatus;
+pub use error::{BuildError, ChannelError, RequestError};
+pub use persist::SnapshotFileError;
+pub use pool::{EndpointDebug, PickRecord, ServiceDebug, Source};
+
+/// A request extension carrying the hash key for the hash policies, set by
+/// the caller: `request.extensions_mut().insert(HashKey::from_str_key("user-42"))`.
+/// It wins over a configured hash header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HashKey(pub u64);
+
+impl HashKey {
+    /// A key from a string, hashed the same way a header value is.
+    pub fn from_str_key(key: &str) -> Self {
+        Self(lb_core::rng::hash_bytes(key.as_bytes()))
+    }
+}

@@ -1,0 +1,126 @@
+//! One HTTP/2 connection per endpoint, opened on demand and shared by every
+//! request to that endpoint.
+//!
+//! ```text
+//!  Idle --sender()--> Connecting --ok--> Ready(SendRequest) --closed--> Idle
+//!                          |
+//!                          +--error--> Down { until }  (picks avoid it; the
+//!                                       next sender() after `until` retries)
+//! ```
+//!
+//! We own the connection instead of going through tonic's `Channel` because
+//! the balancer must know two things tonic hides: whether an endpoint's
+//! connection is up (so a broken one is not picked), and whether a failed
+//! request was ever sent (so it can be retried elsewhere safely). The
+//! connection closes when the last handle to it is dropped: the pool drops
+//! its handle when the endpoint leaves, in-flight responses hold theirs
+//! until their bodies end.
+//!
+//! Not a pool of connections per endpoint: one HTTP/2 connection multiplexes
+//! every stream, which is what gRPC expects.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http2::{Builder, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tonic::body::Body;
+
+/// Connection state of one endpoint.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    address: SocketAddr,
+    timeout: Duration,
+    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// How long a failed endpoint is avoided before the next connect attempt.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+impl Connection {
+    pub(crate) fn new(address: SocketAddr, timeout: Duration) -> Self {
+        Self {
+            address,
+            timeout,
+            sender: tokio::sync::Mutex::new(None),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    /// Whether the last connect failed less than a second ago.
+    pub(crate) fn is_down(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t > now)
+    }
+
+    /// Whether a connection is open now (for debug views).
+    pub(crate) fn is_open(&self) -> bool {
+        self.sender
+            .try_lock()
+            .map(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
+            // Someone is connecting or cloning right now: report what is known.
+            .unwrap_or(false)
+    }
+
+    /// A handle to send on, connecting first if needed. Concurrent callers
+    /// wait for one connect rather than opening several connections.
+    pub(crate) async fn sender(&self) -> std::io::Result<SendRequest<Body>> {
+        let mut slot = self.sender.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        *slot = None;
+        let result = tokio::time::timeout(self.timeout, connect(self.address))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no HTTP/2 connection within {:?}", self.timeout),
+                ))
+            });
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(s) => {
+                *down = None;
+                *slot = Some(s.clone());
+                Ok(s)
+            }
+            Err(e) => {
+                *down = Some(Instant::now() + DOWN_FOR);
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks the endpoint down after a request found the connection broken.
+    pub(crate) fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + DOWN_FOR);
+    }
+}
+
+async fn connect(address: SocketAddr) -> std::io::Result<SendRequest<Body>> {
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    // gRPC messages are small and latency-bound; Nagle only adds delay.
+    tcp.set_nodelay(true)?;
+    let (sender, connection) = Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // Pings find a dead peer (a node gone without a FIN) in ~30 s
+        // instead of the kernel's hours.
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(false)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%address, error = %e, "connection to endpoint ended");
+        }
+    });
+    Ok(sender)
+}

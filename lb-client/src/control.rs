@@ -1,0 +1,242 @@
+//! The control-plane connection: one ADS stream to eds-server, reconnected
+//! with exponential backoff and full jitter, feeding the service pools.
+//!
+//! ```text
+//!        +--> connect --ok--> stream: subscribe / response -> verdict -> pools
+//!        |        |                                      \-> ACK or NACK
+//!   backoff <-----+--error / stream ends------------------+
+//! ```
+//!
+//! While the stream is down, pools keep their last endpoints: a control
+//! plane restart costs nothing but freshness. The task holds only a weak
+//! reference to the client, so dropping the last `LbClient` ends it.
+//!
+//! Not protocol logic: `ads` decides what to send; this module moves bytes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Weak;
+
+use proto::xds::pb::envoy::config::core::v3::Node;
+use proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::ads::{AdsSession, Verdict};
+use crate::client::Shared;
+use crate::config::Backoff;
+
+/// The control-plane connection, as the debug view shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ControlPlaneStatus {
+    /// `disabled`, `connecting`, `connected` or `disconnected`.
+    pub state: &'static str,
+    /// Whether any response ever arrived (DNS fallback only before that).
+    pub ever_answered: bool,
+    /// The last version accepted.
+    pub accepted_version: String,
+    /// Responses accepted.
+    pub acks: u64,
+    /// Responses rejected.
+    pub nacks: u64,
+    /// Why the last response was rejected.
+    pub last_nack: Option<String>,
+    /// Why the connection last failed.
+    pub last_error: Option<String>,
+    /// Connection attempts that failed in a row.
+    pub failed_attempts: u32,
+}
+
+pub(crate) struct ControlTask {
+    pub(crate) shared: Weak<Shared>,
+    pub(crate) endpoint: tonic::transport::Endpoint,
+    pub(crate) node: Node,
+    pub(crate) backoff: Backoff,
+    pub(crate) snapshot_file: Option<PathBuf>,
+    pub(crate) commands: mpsc::UnboundedReceiver<String>,
+}
+
+enum StreamEnd {
+    ClientGone,
+    Broken(String),
+}
+
+impl ControlTask {
+    pub(crate) async fn run(mut self) {
+        let mut session = AdsSession::new(self.node.clone());
+        let mut saved: BTreeMap<String, ClusterLoadAssignment> = BTreeMap::new();
+        let mut seed = lb_core::SmallRng::seed_from_u64(
+            lb_core::rng::hash_bytes(self.node.id.as_bytes())
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+        );
+        let mut failures: u32 = 0;
+        loop {
+            // Names asked for while disconnected join the first request.
+            while let Ok(name) = self.commands.try_recv() {
+                session.subscribe(&name);
+            }
+            self.set_state("connecting", None);
+            let end = match self.endpoint.connect().await {
+                Err(e) => StreamEnd::Broken(format!("connecting to {}: {e}", self.endpoint.uri())),
+                Ok(channel) => {
+                    self.stream(
+                        AggregatedDiscoveryServiceClient::new(channel),
+                        &mut session,
+                        &mut saved,
+                        &mut failures,
+                    )
+                    .await
+                }
+            };
+            let reason = match end {
+                StreamEnd::ClientGone => return,
+                StreamEnd::Broken(reason) => reason,
+            };
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
+            shared.metrics.set_connected(false);
+            shared.with_status(|s| {
+                s.state = "disconnected";
+                s.last_error = Some(reason.clone());
+                s.failed_attempts = failures + 1;
+            });
+            drop(shared);
+            tracing::warn!(error = %reason, attempt = failures + 1, "control plane unavailable; serving from the last known endpoints");
+            let delay = self.backoff.delay(failures, lb_core::Rng::unit(&mut seed));
+            failures = failures.saturating_add(1);
+            // Keep taking subscriptions while waiting, so none is lost.
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    name = self.commands.recv() => match name {
+                        Some(name) => { session.subscribe(&name); }
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+
+    fn set_state(&self, state: &'static str, error: Option<String>) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.with_status(|s| {
+                s.state = state;
+                if error.is_some() {
+                    s.last_error = error;
+                }
+            });
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        session: &mut AdsSession,
+        saved: &mut BTreeMap<String, ClusterLoadAssignment>,
+        failures: &mut u32,
+    ) -> StreamEnd {
+        // Requests are few (one per subscription change or response), so a
+        // small queue never fills in practice; if it did, sending waits.
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        if let Some(first) = session.on_connect() {
+            let _ = tx.send(first).await;
+        }
+        let mut responses = match client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => return StreamEnd::Broken(format!("opening the ADS stream: {status}")),
+        };
+        self.set_state("connected", None);
+        if let Some(shared) = self.shared.upgrade() {
+            shared.metrics.set_connected(true);
+        }
+        loop {
+            tokio::select! {
+                name = self.commands.recv() => {
+                    let Some(name) = name else { return StreamEnd::ClientGone };
+                    if let Some(request) = session.subscribe(&name)
+                        && tx.send(request).await.is_err()
+                    {
+                        return StreamEnd::Broken("request stream closed".into());
+                    }
+                }
+                message = responses.message() => {
+                    let response = match message {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return StreamEnd::Broken("the server ended the stream".into()),
+                        Err(status) => return StreamEnd::Broken(format!("stream failed: {status}")),
+                    };
+                    *failures = 0;
+                    let Some(shared) = self.shared.upgrade() else { return StreamEnd::ClientGone };
+                    let reply = match session.on_response(&response) {
+                        Verdict::Accepted { updates, unrequested, ack } => {
+                            if !unrequested.is_empty() {
+                                tracing::debug!(?unrequested, "ignoring resources this client did not ask for");
+                            }
+                            let version = response.version_info.clone();
+                            for (parsed, raw) in updates {
+                                saved.insert(parsed.name.clone(), raw);
+                                shared.apply(parsed, &version);
+                            }
+                            shared.metrics.update(true);
+                            shared.with_status(|s| {
+                                s.ever_answered = true;
+                                s.acks += 1;
+                                s.accepted_version.clone_from(&version);
+                                s.failed_attempts = 0;
+                            });
+                            self.persist(saved);
+                            ack
+                        }
+                        Verdict::Rejected { errors, nack } => {
+                            tracing::warn!(?errors, nonce = %response.nonce, "rejecting an xDS response; keeping the last good endpoints");
+                            shared.metrics.update(false);
+                            shared.with_status(|s| {
+                                s.ever_answered = true;
+                                s.nacks += 1;
+                                s.last_nack = Some(errors.join("; "));
+                            });
+                            nack
+                        }
+                    };
+                    drop(shared);
+                    if tx.send(reply).await.is_err() {
+                        return StreamEnd::Broken("request stream closed".into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn persist(&self, saved: &BTreeMap<String, ClusterLoadAssignment>) {
+        let Some(path) = self.snapshot_file.clone() else {
+            return;
+        };
+        let saved = saved.clone();
+        // Disk latency must not hold up the ACK.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::persist::save(&path, &saved) {
+                tracing::warn!(error = %e, "could not write the endpoint snapshot file");
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for ControlTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlTask")
+            .field("endpoint", &self.endpoint.uri())
+            .field("node", &self.node.id)
+            .finish_non_exhaustive()
+    }
+}

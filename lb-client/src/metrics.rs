@@ -1,0 +1,209 @@
+//! Prometheus metrics of one client, in its own registry (no globals, so
+//! two clients in one process, or in one test, never mix their counts).
+//!
+//! ```text
+//!  lb_client_picks_total{service,endpoint,reason}       counter
+//!  lb_client_requests_total{service,endpoint,outcome}   counter (success | failure)
+//!  lb_client_ejections_total{service,endpoint,reason}   counter
+//!  lb_client_in_flight{service,endpoint}                gauge, sampled every refresh
+//!  lb_client_retries_total{service}                     counter (never-sent requests retried)
+//!  lb_client_control_plane_connected                    gauge 0/1
+//!  lb_client_control_plane_updates_total{result}        counter (ack | nack)
+//! ```
+//!
+//! Not an exporter: the application serves [`crate::LbClient::metrics_text`]
+//! or registers the families in its own registry.
+
+use std::net::SocketAddr;
+
+use lb_core::PickReason;
+use lb_core::outlier::{EjectionReason, Outcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    service: String,
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    service: String,
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    service: String,
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The client's metric families and their registry.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    picks: Family<ReasonLabels, Counter>,
+    requests: Family<OutcomeLabels, Counter>,
+    ejections: Family<ReasonLabels, Counter>,
+    in_flight: Family<EndpointLabels, Gauge>,
+    retries: Family<ServiceLabels, Counter>,
+    connected: Gauge,
+    updates: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("lb_client");
+        let picks = Family::default();
+        let requests = Family::default();
+        let ejections = Family::default();
+        let in_flight = Family::default();
+        let retries = Family::default();
+        let connected = Gauge::default();
+        let updates = Family::default();
+        registry.register("picks", "Endpoint picks by reason", picks.clone());
+        registry.register("requests", "Finished requests by outcome", requests.clone());
+        registry.register(
+            "ejections",
+            "Outlier ejections by reason",
+            ejections.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Requests in flight per endpoint",
+            in_flight.clone(),
+        );
+        registry.register(
+            "retries",
+            "Requests retried on another endpoint because they were never sent",
+            retries.clone(),
+        );
+        registry.register(
+            "control_plane_connected",
+            "1 while the ADS stream is up",
+            connected.clone(),
+        );
+        registry.register(
+            "control_plane_updates",
+            "xDS responses accepted (ack) or rejected (nack)",
+            updates.clone(),
+        );
+        Self {
+            registry,
+            picks,
+            requests,
+            ejections,
+            in_flight,
+            retries,
+            connected,
+            updates,
+        }
+    }
+
+    pub(crate) fn pick(&self, service: &str, endpoint: SocketAddr, reason: PickReason) {
+        let reason = match reason {
+            PickReason::Local => "local",
+            PickReason::Spill => "spill",
+            PickReason::AnyZone => "any-zone",
+            PickReason::Hash => "hash",
+            PickReason::Panic => "panic",
+            PickReason::Draining => "draining",
+        };
+        self.picks
+            .get_or_create(&ReasonLabels {
+                service: service.to_owned(),
+                endpoint: endpoint.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub(crate) fn outcome(&self, service: &str, endpoint: SocketAddr, outcome: Outcome) {
+        let outcome = match outcome {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+        };
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                service: service.to_owned(),
+                endpoint: endpoint.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn ejection(&self, service: &str, endpoint: SocketAddr, reason: EjectionReason) {
+        let reason = match reason {
+            EjectionReason::ConsecutiveFailures => "consecutive-failures",
+            EjectionReason::SuccessRate => "success-rate",
+        };
+        self.ejections
+            .get_or_create(&ReasonLabels {
+                service: service.to_owned(),
+                endpoint: endpoint.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_in_flight(&self, service: &str, endpoint: SocketAddr, n: u32) {
+        self.in_flight
+            .get_or_create(&EndpointLabels {
+                service: service.to_owned(),
+                endpoint: endpoint.to_string(),
+            })
+            .set(i64::from(n));
+    }
+
+    /// Drops the gauge of an endpoint that left, so dashboards do not show
+    /// a stale in-flight count forever. Counters stay: they are history.
+    pub(crate) fn forget_endpoint(&self, service: &str, endpoint: SocketAddr) {
+        self.in_flight.remove(&EndpointLabels {
+            service: service.to_owned(),
+            endpoint: endpoint.to_string(),
+        });
+    }
+
+    pub(crate) fn retry(&self, service: &str) {
+        self.retries
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_connected(&self, up: bool) {
+        self.connected.set(i64::from(up));
+    }
+
+    pub(crate) fn update(&self, accepted: bool) {
+        self.updates
+            .get_or_create(&ResultLabels {
+                result: if accepted { "ack" } else { "nack" },
+            })
+            .inc();
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,547 @@
+//! One service's endpoints as the client holds them: the lb-core
+//! [`Balancer`], a connection and load counters per endpoint, and the
+//! outlier detector, kept consistent under one lock.
+//!
+//! ```text
+//!  update(set) --> handles (kept by address: connections and stats survive)
+//!              --> balancer.set_endpoints --> refresh (ejections, down conns)
+//!  pick(hash)  --> balancer.pick over live in-flight counters --> Arc<EndpointHandle> + InFlight
+//!  record(outcome) --> outlier detector --(ejection)--> refresh
+//!  tick(now)   --> success-rate evaluation, slow-start ramp, metrics sample
+//! ```
+//!
+//! The lock is held for a pick (tens of nanoseconds) and for updates, never
+//! across IO. Load lives in atomics on the handles so a response finishing
+//! never needs the lock just to decrement a counter.
+//!
+//! Not the network side: `channel` sends, `conn` connects.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use lb_core::load::PeakEwma;
+use lb_core::outlier::{EjectionReason, Outcome, OutlierConfig, OutlierDetector};
+use lb_core::rng::hash_bytes;
+use lb_core::{
+    Balancer, Endpoint, EndpointSet, Load, Pick, PickError, PickReason, ServiceKey, SmallRng, Tier,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{HashSource, ServiceOptions};
+use crate::conn::Connection;
+use crate::error::ChannelError;
+use crate::metrics::Metrics;
+
+/// Where a service's current endpoints came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Nothing known yet.
+    None,
+    /// eds-server, live.
+    ControlPlane,
+    /// The snapshot file, at a cold start before the control plane answered.
+    SnapshotFile,
+    /// The DNS fallback: the control plane never answered.
+    Dns,
+}
+
+/// One endpoint: its metadata, its connection and its load. A metadata
+/// change makes a new handle sharing the old one's connection and counters,
+/// so requests in flight on the old handle are still counted.
+#[derive(Debug)]
+pub(crate) struct EndpointHandle {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) conn: Arc<Connection>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Debug)]
+struct Stats {
+    in_flight: AtomicU32,
+    ewma: Mutex<PeakEwma>,
+    /// The EWMA's value as f64 bits, readable by picks without a lock.
+    ewma_bits: AtomicU64,
+    picks: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl EndpointHandle {
+    fn new(endpoint: Endpoint, connect_timeout: Duration) -> Self {
+        // A new endpoint starts at a modest 10 ms guess so it is tried, and
+        // the peak rule corrects it on the first slow answer.
+        let initial = Duration::from_millis(10);
+        Self {
+            conn: Arc::new(Connection::new(endpoint.address, connect_timeout)),
+            endpoint,
+            stats: Arc::new(Stats {
+                in_flight: AtomicU32::new(0),
+                ewma: Mutex::new(PeakEwma::new(initial, Duration::from_secs(10))),
+                ewma_bits: AtomicU64::new(initial.as_secs_f64().to_bits()),
+                picks: AtomicU64::new(0),
+                successes: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.endpoint.address
+    }
+
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.stats.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Feeds a response latency into the peak EWMA.
+    pub(crate) fn observe_latency(&self, rtt: Duration, now_secs: f64) {
+        let mut e = self.stats.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        e.observe(rtt.as_secs_f64(), now_secs);
+        self.stats
+            .ewma_bits
+            .store(e.get().to_bits(), Ordering::Relaxed);
+    }
+
+    fn latency(&self) -> f64 {
+        f64::from_bits(self.stats.ewma_bits.load(Ordering::Relaxed))
+    }
+}
+
+/// Lends the handles' counters to lb-core pickers.
+struct Loads<'a> {
+    handles: &'a [Arc<EndpointHandle>],
+    with_latency: bool,
+}
+
+impl Load for Loads<'_> {
+    fn in_flight(&self, i: usize) -> u32 {
+        self.handles[i].in_flight()
+    }
+
+    fn latency(&self, i: usize) -> Option<f64> {
+        self.with_latency.then(|| self.handles[i].latency())
+    }
+}
+
+/// A request's claim on an endpoint: counted in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pool: Arc<ServicePool>,
+    handle: Arc<EndpointHandle>,
+}
+
+impl InFlight {
+    pub(crate) fn handle(&self) -> &Arc<EndpointHandle> {
+        &self.handle
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<ServicePool> {
+        &self.pool
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.handle.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.total_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A recent pick, for the debug view.
+#[derive(Debug, Clone, Serialize)]
+pub struct PickRecord {
+    /// The endpoint.
+    pub address: SocketAddr,
+    /// Why it was chosen.
+    pub reason: PickReason,
+    /// Its in-flight count when picked.
+    pub in_flight: u32,
+    /// Milliseconds since the client started.
+    pub at_ms: u64,
+}
+
+const RECENT_PICKS: usize = 32;
+
+#[derive(Debug)]
+struct Inner {
+    source: Source,
+    version: String,
+    set: EndpointSet,
+    handles: Vec<Arc<EndpointHandle>>,
+    balancer: Balancer,
+    outlier: OutlierDetector<SocketAddr>,
+    rng: SmallRng,
+    recent: VecDeque<PickRecord>,
+}
+
+/// What every pool of one client shares.
+#[derive(Debug)]
+pub(crate) struct PoolContext {
+    pub(crate) zone: Option<String>,
+    pub(crate) outlier: OutlierConfig,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) epoch: Instant,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// One service's balancing state. See the module docs.
+#[derive(Debug)]
+pub(crate) struct ServicePool {
+    pub(crate) key: ServiceKey,
+    pub(crate) name: String,
+    hash_header: Option<http::HeaderName>,
+    connect_timeout: Duration,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+    total_in_flight: AtomicU64,
+    /// Bumped on every endpoint change; requests waiting for a first
+    /// endpoint watch it.
+    generation: watch::Sender<u64>,
+}
+
+impl ServicePool {
+    pub(crate) fn new(
+        key: ServiceKey,
+        name: String,
+        options: &ServiceOptions,
+        context: PoolContext,
+    ) -> Result<Self, ChannelError> {
+        let hash_header = match &options.hash {
+            HashSource::Extension => None,
+            HashSource::Header(h) => Some(
+                http::HeaderName::try_from(h.as_str())
+                    .map_err(|_| ChannelError::BadHashHeader(h.clone()))?,
+            ),
+        };
+        let PoolContext {
+            zone,
+            outlier,
+            connect_timeout,
+            epoch,
+            metrics,
+        } = context;
+        let balancer = Balancer::new(options.balancer_config(zone)).map_err(|source| {
+            crate::error::BuildError::Balancer {
+                service: name.clone(),
+                source,
+            }
+        })?;
+        let outlier = OutlierDetector::new(outlier).map_err(crate::error::BuildError::Outlier)?;
+        let seed = hash_bytes(name.as_bytes()) ^ epoch.elapsed().as_nanos() as u64;
+        Ok(Self {
+            key,
+            name,
+            hash_header,
+            connect_timeout,
+            epoch,
+            metrics,
+            inner: Mutex::new(Inner {
+                source: Source::None,
+                version: String::new(),
+                set: EndpointSet::default(),
+                handles: Vec::new(),
+                balancer,
+                outlier,
+                rng: SmallRng::seed_from_u64(seed),
+                recent: VecDeque::with_capacity(RECENT_PICKS),
+            }),
+            total_in_flight: AtomicU64::new(0),
+            generation: watch::Sender::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is a whole-field assignment), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    pub(crate) fn source(&self) -> Source {
+        self.lock().source
+    }
+
+    pub(crate) fn has_endpoints(&self) -> bool {
+        !self.lock().set.is_empty()
+    }
+
+    pub(crate) fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Replaces the endpoints. Handles of addresses that stay are kept, so
+    /// their connections, load and outlier history carry over.
+    pub(crate) fn update(&self, set: EndpointSet, source: Source, version: String, eager: bool) {
+        let mut inner = self.lock();
+        let mut old: HashMap<SocketAddr, Arc<EndpointHandle>> =
+            inner.handles.drain(..).map(|h| (h.address(), h)).collect();
+        let mut fresh = Vec::new();
+        let handles: Vec<Arc<EndpointHandle>> = set
+            .endpoints()
+            .iter()
+            .map(|e| match old.remove(&e.address) {
+                // Metadata may change (health, weight): keep the connection, take the new data.
+                Some(h) if h.endpoint == *e => h,
+                Some(h) => Arc::new(EndpointHandle {
+                    endpoint: e.clone(),
+                    conn: h.conn.clone(),
+                    stats: h.stats.clone(),
+                }),
+                None => {
+                    let h = Arc::new(EndpointHandle::new(e.clone(), self.connect_timeout));
+                    fresh.push(h.clone());
+                    h
+                }
+            })
+            .collect();
+        for gone in old.values() {
+            self.metrics.forget_endpoint(&self.name, gone.address());
+        }
+        let addresses: Vec<SocketAddr> = handles.iter().map(|h| h.address()).collect();
+        inner.outlier.set_members(addresses.iter());
+        inner.balancer.set_endpoints(&set, SystemTime::now());
+        inner.handles = handles;
+        inner.set = set;
+        inner.source = source;
+        inner.version = version;
+        self.refresh_locked(&mut inner);
+        drop(inner);
+        if eager {
+            for h in fresh {
+                tokio::spawn(async move {
+                    if let Err(e) = h.conn.sender().await {
+                        tracing::debug!(address = %h.address(), error = %e, "eager connect failed");
+                    }
+                });
+            }
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn refresh_locked(&self, inner: &mut Inner) {
+        let now = self.now();
+        let instant = Instant::now();
+        let Inner {
+            handles,
+            balancer,
+            outlier,
+            ..
+        } = inner;
+        balancer.refresh(
+            SystemTime::now(),
+            |i| outlier.is_ejected(&handles[i].address(), now) || handles[i].conn.is_down(instant),
+            |i| outlier.weight_factor(&handles[i].address()),
+        );
+    }
+
+    /// Periodic work: success-rate ejection, slow-start ramp, metrics.
+    pub(crate) fn tick(&self) {
+        let mut inner = self.lock();
+        let now = self.now();
+        for address in inner.outlier.evaluate(now) {
+            self.metrics
+                .ejection(&self.name, address, EjectionReason::SuccessRate);
+            tracing::info!(service = %self.name, %address, "endpoint ejected: success rate far below its peers'");
+        }
+        self.refresh_locked(&mut inner);
+        for h in &inner.handles {
+            self.metrics
+                .set_in_flight(&self.name, h.address(), h.in_flight());
+        }
+    }
+
+    /// The hash key of a request, when the policy hashes.
+    pub(crate) fn hash_key<B>(&self, request: &http::Request<B>) -> Option<u64> {
+        if let Some(k) = request.extensions().get::<crate::HashKey>() {
+            return Some(k.0);
+        }
+        let header = self.hash_header.as_ref()?;
+        request
+            .headers()
+            .get(header)
+            .map(|v| hash_bytes(v.as_bytes()))
+    }
+
+    /// Picks an endpoint and counts the request in flight on it.
+    pub(crate) fn pick(self: &Arc<Self>, hash: Option<u64>) -> Result<(InFlight, Pick), PickError> {
+        let mut inner = self.lock();
+        let Inner {
+            handles,
+            balancer,
+            rng,
+            recent,
+            ..
+        } = &mut *inner;
+        let loads = Loads {
+            handles,
+            with_latency: balancer.config().policy == lb_core::Policy::PeakEwma,
+        };
+        let total = self.total_in_flight.load(Ordering::Relaxed);
+        let pick = balancer.pick(&loads, hash, total, rng)?;
+        let handle = handles[pick.index].clone();
+        let in_flight = handle.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.total_in_flight.fetch_add(1, Ordering::Relaxed);
+        handle.stats.picks.fetch_add(1, Ordering::Relaxed);
+        if recent.len() == RECENT_PICKS {
+            recent.pop_front();
+        }
+        recent.push_back(PickRecord {
+            address: handle.address(),
+            reason: pick.reason,
+            in_flight,
+            at_ms: self.now().as_millis() as u64,
+        });
+        drop(inner);
+        self.metrics.pick(&self.name, handle.address(), pick.reason);
+        Ok((
+            InFlight {
+                pool: self.clone(),
+                handle,
+            },
+            pick,
+        ))
+    }
+
+    /// Records how a request ended on an endpoint.
+    pub(crate) fn record(&self, handle: &EndpointHandle, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => handle.stats.successes.fetch_add(1, Ordering::Relaxed),
+            Outcome::Failure => handle.stats.failures.fetch_add(1, Ordering::Relaxed),
+        };
+        self.metrics.outcome(&self.name, handle.address(), outcome);
+        let mut inner = self.lock();
+        let now = self.now();
+        if let Some(reason) = inner.outlier.record(&handle.address(), outcome, now) {
+            tracing::info!(service = %self.name, address = %handle.address(), ?reason, "endpoint ejected");
+            self.metrics.ejection(&self.name, handle.address(), reason);
+            self.refresh_locked(&mut inner);
+        }
+    }
+
+    /// A connect failed: avoid the endpoint at once, not at the next tick.
+    pub(crate) fn connect_failed(&self, handle: &EndpointHandle) {
+        handle.conn.mark_down();
+        self.record(handle, Outcome::Failure);
+        let mut inner = self.lock();
+        self.refresh_locked(&mut inner);
+    }
+
+    /// What the pool knows, for the debug view.
+    pub(crate) fn debug(&self) -> ServiceDebug {
+        let inner = self.lock();
+        let now = self.now();
+        let instant = Instant::now();
+        let weights = inner.balancer.weights();
+        ServiceDebug {
+            service: self.name.clone(),
+            source: inner.source,
+            version: inner.version.clone(),
+            policy: inner.balancer.config().policy.to_string(),
+            tier: inner.balancer.tier(),
+            usable: inner.balancer.usable_count(),
+            zone_shares: inner
+                .balancer
+                .zone_shares()
+                .into_iter()
+                .map(|(z, s)| (z.to_owned(), s))
+                .collect(),
+            endpoints: inner
+                .handles
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let status = inner.outlier.status(&h.address(), now);
+                    EndpointDebug {
+                        address: h.address(),
+                        pod: h.endpoint.pod.clone(),
+                        zone: h.endpoint.zone.clone(),
+                        health: h.endpoint.health.to_string(),
+                        weight: h.endpoint.weight.get(),
+                        effective_weight: weights.get(i).copied().unwrap_or(0.0),
+                        in_flight: h.in_flight(),
+                        latency_ms: h.latency() * 1000.0,
+                        picks: h.stats.picks.load(Ordering::Relaxed),
+                        successes: h.stats.successes.load(Ordering::Relaxed),
+                        failures: h.stats.failures.load(Ordering::Relaxed),
+                        ejected: status.is_some_and(|s| s.ejected),
+                        error_rate: status.map_or(0.0, |s| s.error_rate),
+                        connected: h.conn.is_open(),
+                        connection_down: h.conn.is_down(instant),
+                    }
+                })
+                .collect(),
+            recent_picks: inner.recent.iter().cloned().collect(),
+        }
+    }
+}
+
+/// One service, as the client sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceDebug {
+    /// The service key as subscribed.
+    pub service: String,
+    /// Where the endpoints came from.
+    pub source: Source,
+    /// The xDS version accepted (empty for other sources).
+    pub version: String,
+    /// The balancing policy.
+    pub policy: String,
+    /// The tier picks come from.
+    pub tier: Tier,
+    /// Endpoints picks may choose from.
+    pub usable: usize,
+    /// This client's share of traffic per zone (empty without affinity).
+    pub zone_shares: Vec<(String, f64)>,
+    /// Every endpoint.
+    pub endpoints: Vec<EndpointDebug>,
+    /// The last picks, oldest first.
+    pub recent_picks: Vec<PickRecord>,
+}
+
+/// One endpoint, as the client sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointDebug {
+    /// Address.
+    pub address: SocketAddr,
+    /// Pod name.
+    pub pod: Option<String>,
+    /// Zone.
+    pub zone: Option<String>,
+    /// Health from the control plane.
+    pub health: String,
+    /// Weight from the control plane.
+    pub weight: u32,
+    /// Weight after slow start and error penalty.
+    pub effective_weight: f64,
+    /// Requests in flight now.
+    pub in_flight: u32,
+    /// Peak-EWMA latency estimate.
+    pub latency_ms: f64,
+    /// Times picked.
+    pub picks: u64,
+    /// Requests that succeeded.
+    pub successes: u64,
+    /// Requests that failed (transport or server-blamed status).
+    pub failures: u64,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    /// Averaged error rate.
+    pub error_rate: f64,
+    /// An HTTP/2 connection is open.
+    pub connected: bool,
+    /// The last connect failed moments ago.
+    pub connection_down: bool,
+}
