@@ -208,13 +208,23 @@ fn track(
     claim
         .handle()
         .observe_latency(started.elapsed(), pool.now().as_secs_f64());
-    // A trailers-only response carries grpc-status in the headers.
-    let early = grpc_outcome(response.headers());
+    // A trailers-only response (how servers answer most errors) carries
+    // grpc-status in the headers, and tonic drops its body unread: judge it now.
+    if let Some(outcome) = grpc_outcome(response.headers()) {
+        pool.record(claim.handle(), outcome);
+        return response.map(|inner| {
+            Body::new(TrackedBody {
+                inner,
+                claim: Some(claim),
+                judged: true,
+            })
+        });
+    }
     response.map(|inner| {
         Body::new(TrackedBody {
             inner,
             claim: Some(claim),
-            early,
+            judged: false,
         })
     })
 }
@@ -253,7 +263,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         claim: Option<InFlight>,
-        early: Option<Outcome>,
+        // The outcome was recorded from the headers already.
+        judged: bool,
     }
 
     impl PinnedDrop for TrackedBody {
@@ -267,8 +278,10 @@ pin_project_lite::pin_project! {
 }
 
 impl TrackedBody {
-    fn finish(claim: &mut Option<InFlight>, outcome: Outcome) {
-        if let Some(claim) = claim.take() {
+    fn finish(claim: &mut Option<InFlight>, judged: bool, outcome: Outcome) {
+        if let Some(claim) = claim.take()
+            && !judged
+        {
             claim.pool().clone().record(claim.handle(), outcome);
         }
     }
@@ -289,14 +302,12 @@ impl HttpBody for TrackedBody {
                 if let Some(trailers) = frame.trailers_ref() {
                     // Missing grpc-status in trailers is a protocol error: the server's fault.
                     let outcome = grpc_outcome(trailers).unwrap_or(Outcome::Failure);
-                    Self::finish(this.claim, outcome);
+                    Self::finish(this.claim, *this.judged, outcome);
                 }
             }
-            Poll::Ready(Some(Err(_))) => Self::finish(this.claim, Outcome::Failure),
-            Poll::Ready(None) => {
-                let outcome = this.early.unwrap_or(Outcome::Failure);
-                Self::finish(this.claim, outcome);
-            }
+            Poll::Ready(Some(Err(_))) => Self::finish(this.claim, *this.judged, Outcome::Failure),
+            // Ended without trailers: a gRPC protocol violation, the server's fault.
+            Poll::Ready(None) => Self::finish(this.claim, *this.judged, Outcome::Failure),
             Poll::Pending => {}
         }
         polled

@@ -534,6 +534,9 @@ impl TestPod {
             .arg(opts.error_rate.to_string())
             .arg("--slow-start-secs")
             .arg(opts.slow_start_secs.to_string());
+        if let Some(f) = &opts.fail_file {
+            cmd.arg("--fail-file").arg(f);
+        }
         let log = self
             .cluster
             .state()
@@ -572,6 +575,8 @@ pub struct EchoOptions {
     pub error_rate: f64,
     /// For this long after start, latency is higher, falling linearly to normal.
     pub slow_start_secs: u64,
+    /// While this file exists, the backend fails every request with UNAVAILABLE.
+    pub fail_file: Option<PathBuf>,
 }
 
 /// A running echo backend; stopped when dropped.

@@ -64,6 +64,12 @@ impl Server {
     pub fn start(flags: &[String]) -> anyhow::Result<Self> {
         let xds = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Self::start_on(xds, admin, flags)
+    }
+
+    /// Like [`Server::start`] on given addresses: a restarted server keeps
+    /// the address its clients know.
+    pub fn start_on(xds: SocketAddr, admin: SocketAddr, flags: &[String]) -> anyhow::Result<Self> {
         let mut args = vec![
             "eds-server".to_owned(),
             format!("--xds-addr={xds}"),

@@ -41,6 +41,10 @@ struct Args {
     /// Seconds after start during which the backend is slower (x4 at start).
     #[arg(long, default_value_t = 0)]
     slow_start_secs: u64,
+    /// While this file exists, every request fails with UNAVAILABLE: lets a
+    /// test turn a healthy backend bad and back without restarting it.
+    #[arg(long)]
+    fail_file: Option<std::path::PathBuf>,
     /// Seed for the error draw.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -91,7 +95,7 @@ impl Echo for Shared {
                 .lock()
                 .map_err(|_| Status::internal("rng poisoned"))?;
             rng.unit() < self.args.error_rate
-        };
+        } || self.args.fail_file.as_ref().is_some_and(|f| f.exists());
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if fail {
             return Err(Status::unavailable(format!(
@@ -124,8 +128,20 @@ async fn main() -> anyhow::Result<()> {
     println!("echo backend {} listening on {listen}", backend.args.pod);
     tonic::transport::Server::builder()
         .add_service(EchoServer::new(Shared(backend)))
+        // SIGTERM (what the test harness and the kubelet send) drains too:
+        // in-flight requests finish, as a well-behaved gRPC server's do.
         .serve_with_shutdown(listen, async {
-            let _ = tokio::signal::ctrl_c().await;
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         })
         .await
         .with_context(|| format!("serving on {listen}"))

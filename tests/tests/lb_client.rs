@@ -1,0 +1,807 @@
+//! lb-client end to end: the real local control plane, the real eds-server,
+//! echo backends as pods in the pod network, and tonic clients sending
+//! through `LbClient` channels.
+//!
+//! Each test asserts behaviour (where traffic goes, whether any request
+//! failed), never a latency figure; the figures are printed for the issue
+//! notes. Loads are bounded loops on loopback and the pod network.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use eds_tests::harness::{
+    Backend, EchoOptions, PodSpec, ServicePortSpec, Target, TestCluster, TestNamespace, TestPod,
+    eventually,
+};
+use eds_tests::server::{Server, start_server, wait_ready};
+use lb_client::{HashSource, LbClient, LbConfig, ServiceOptions, Source};
+use lb_core::Policy;
+use lb_core::outlier::OutlierConfig;
+use lb_core::slow_start::SlowStart;
+use proto::echo::EchoRequest;
+use proto::echo::echo_client::EchoClient;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A Service `echo` (port 8080 -> container port `grpc` 9090) with pods
+/// and their backends.
+struct Fleet {
+    ns: TestNamespace,
+    pods: Vec<(TestPod, Backend)>,
+}
+
+impl Fleet {
+    async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let cluster = TestCluster::shared()?;
+        let ns = cluster.namespace(prefix).await?;
+        for zone in ["zone-a", "zone-b"] {
+            ns.node(&format!("node-{zone}"), zone).await?;
+        }
+        ns.service(
+            "echo",
+            "echo",
+            &[ServicePortSpec {
+                name: "grpc".into(),
+                port: 8080,
+                target: Target::Name("grpc".into()),
+            }],
+            &[],
+        )
+        .await?;
+        Ok(Self {
+            ns,
+            pods: Vec::new(),
+        })
+    }
+
+    fn key(&self) -> String {
+        format!("echo.{}:8080", self.ns.name())
+    }
+
+    async fn add(&mut self, name: &str, zone: &str, opts: &EchoOptions) -> anyhow::Result<usize> {
+        let pod = self
+            .ns
+            .pod(PodSpec::new(name, "echo", &format!("node-{zone}")).port("grpc", 9090))
+            .await?;
+        let backend = pod.start_backend(9090, zone, opts).await?;
+        pod.set_ready(true).await?;
+        self.pods.push((pod, backend));
+        Ok(self.pods.len() - 1)
+    }
+
+    async fn server(&self) -> anyhow::Result<Server> {
+        self.server_with(&[]).await
+    }
+
+    async fn server_with(&self, flags: &[&str]) -> anyhow::Result<Server> {
+        let server = start_server(self.ns.cluster(), self.ns.name(), flags).await?;
+        wait_ready(&server).await?;
+        Ok(server)
+    }
+
+    async fn delete(self) -> anyhow::Result<()> {
+        let pods: Vec<TestPod> = self
+            .pods
+            .into_iter()
+            .map(|(p, b)| {
+                b.stop();
+                p
+            })
+            .collect();
+        self.ns.delete_with_pods(&pods).await
+    }
+}
+
+fn config(server: &Server, zone: Option<&str>, options: ServiceOptions) -> LbConfig {
+    let mut c = LbConfig::new(format!("http://{}", server.xds));
+    c.node_id = format!("lb-client-test-{}", std::process::id());
+    c.zone = zone.map(str::to_owned);
+    c.default_service = options;
+    c.wait_for_endpoints = Duration::from_secs(30);
+    c
+}
+
+fn options(policy: Policy) -> ServiceOptions {
+    ServiceOptions {
+        policy,
+        slow_start: None,
+        ..ServiceOptions::default()
+    }
+}
+
+/// Replies by pod, and failures, from a bounded closed-loop load.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    by_pod: BTreeMap<String, u64>,
+    errors: Vec<String>,
+    /// (time since start, pod) of every success, for time-sliced views.
+    timeline: Vec<(Duration, String)>,
+}
+
+impl Tally {
+    fn total(&self) -> u64 {
+        self.by_pod.values().sum()
+    }
+
+    fn share(&self, pod: &str) -> f64 {
+        self.by_pod.get(pod).copied().unwrap_or(0) as f64 / self.total().max(1) as f64
+    }
+
+    /// The successes between `from` and `to` after the load started.
+    fn between(&self, from: Duration, to: Duration) -> Tally {
+        let mut t = Tally::default();
+        for (at, pod) in self
+            .timeline
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+        {
+            *t.by_pod.entry(pod.clone()).or_default() += 1;
+            t.timeline.push((*at, pod.clone()));
+        }
+        t
+    }
+}
+
+/// Sends `requests` echoes over `workers` concurrent loops (or until `stop`).
+async fn load(
+    channel: lb_client::LbChannel,
+    workers: usize,
+    requests: usize,
+    stop: Option<Arc<AtomicBool>>,
+    request: impl Fn(usize) -> tonic::Request<EchoRequest> + Send + Sync + 'static,
+) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let request = Arc::new(request);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let mut client = EchoClient::new(channel.clone());
+        let (tally, next, stop, request) =
+            (tally.clone(), next.clone(), stop.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    return;
+                }
+                let result = client.echo(request(i)).await;
+                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(r) => {
+                        let pod = r.into_inner().pod;
+                        *t.by_pod.entry(pod.clone()).or_default() += 1;
+                        t.timeline.push((started.elapsed(), pod));
+                    }
+                    Err(status) => {
+                        t.errors
+                            .push(format!("{:?}: {}", status.code(), status.message()));
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tally.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn echo(work_us: u64) -> impl Fn(usize) -> tonic::Request<EchoRequest> + Send + Sync + 'static {
+    move |i| {
+        tonic::Request::new(EchoRequest {
+            message: format!("m{i}"),
+            work_us,
+        })
+    }
+}
+
+/// Waits until the client balances over exactly `n` endpoints from eds-server.
+async fn until_endpoints(client: &LbClient, key: &str, n: usize) -> anyhow::Result<()> {
+    eventually(
+        &format!("lb-client sees {n} endpoints of {key}"),
+        WAIT,
+        || async {
+            let d = client.debug();
+            let s = d.services.iter().find(|s| s.service == key);
+            Ok(match s {
+                Some(s) if s.source == Source::ControlPlane && s.usable == n => Ok(()),
+                Some(s) => Err(format!(
+                    "{:?} with {} usable of {}",
+                    s.source,
+                    s.usable,
+                    s.endpoints.len()
+                )),
+                None => Err("not subscribed".to_owned()),
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_sends_less_to_a_slow_backend_than_round_robin() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-slow").await?;
+    for i in 0..10 {
+        let latency_ms = if i == 0 { 40 } else { 2 };
+        let zone = if i % 2 == 0 { "zone-a" } else { "zone-b" };
+        fleet
+            .add(
+                &format!("echo-{i}"),
+                zone,
+                &EchoOptions {
+                    latency_ms,
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let mut shares = Vec::new();
+    for policy in [Policy::P2c, Policy::RoundRobin] {
+        let client = LbClient::connect(config(&server, None, options(policy)))?;
+        let channel = client.channel(&key)?;
+        until_endpoints(&client, &key, 10).await?;
+        let t = load(channel, 20, 2_000, None, echo(0)).await;
+        ensure!(
+            t.errors.is_empty(),
+            "{policy}: {} errors: {:?}",
+            t.errors.len(),
+            &t.errors[..t.errors.len().min(3)]
+        );
+        eprintln!(
+            "{policy}: slow pod echo-0 got {:.1}% of {} requests; all: {:?}",
+            t.share("echo-0") * 100.0,
+            t.total(),
+            t.by_pod
+        );
+        shares.push(t.share("echo-0"));
+    }
+    let (p2c, rr) = (shares[0], shares[1]);
+    ensure!(
+        rr > 0.08,
+        "round robin must give the slow pod about 1/10, gave {rr:.3}"
+    );
+    ensure!(
+        p2c < rr / 2.0,
+        "P2C gave the slow pod {p2c:.3}, not clearly less than round robin's {rr:.3}"
+    );
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_affinity_stays_local_and_spills_when_the_zone_loses_most_pods() -> anyhow::Result<()>
+{
+    let mut fleet = Fleet::new("lbc-zone").await?;
+    for zone in ["a", "b"] {
+        for i in 0..3 {
+            fleet
+                .add(
+                    &format!("{zone}-{i}"),
+                    &format!("zone-{zone}"),
+                    &EchoOptions::default(),
+                )
+                .await?;
+        }
+    }
+    // Not-ready pods must reach the client (as UNHEALTHY) for it to know
+    // how much of its zone is gone; left out, the zone would just look small.
+    let server = fleet.server_with(&["--include-unhealthy"]).await?;
+    let key = fleet.key();
+    let client = LbClient::connect(config(&server, Some("zone-a"), options(Policy::P2c)))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 6).await?;
+
+    let t = load(channel.clone(), 8, 600, None, echo(0)).await;
+    ensure!(t.errors.is_empty(), "errors: {:?}", t.errors);
+    let cross = |t: &Tally| {
+        t.by_pod
+            .iter()
+            .filter(|(p, _)| p.starts_with("b-"))
+            .map(|(_, n)| n)
+            .sum::<u64>() as f64
+            / t.total().max(1) as f64
+    };
+    eprintln!(
+        "zone-a client, zone-a at full capacity: cross-zone share {:.1}% ({:?})",
+        cross(&t) * 100.0,
+        t.by_pod
+    );
+    ensure!(
+        cross(&t) == 0.0,
+        "traffic left zone-a while it had capacity: {:?}",
+        t.by_pod
+    );
+    ensure!(
+        t.by_pod.len() == 3,
+        "every zone-a pod should serve: {:?}",
+        t.by_pod
+    );
+
+    // Two of three zone-a pods go not-ready: zone-a keeps a third of its capacity.
+    fleet.pods[0].0.set_ready(false).await?;
+    fleet.pods[1].0.set_ready(false).await?;
+    until_endpoints(&client, &key, 4).await?;
+    let view = &client.debug().services[0];
+    eprintln!(
+        "client view: tier {:?}, zone shares {:?}, endpoints {:?}",
+        view.tier,
+        view.zone_shares,
+        view.endpoints
+            .iter()
+            .map(|e| (e.pod.clone().unwrap_or_default(), e.health.clone()))
+            .collect::<Vec<_>>()
+    );
+    let t = load(channel, 8, 600, None, echo(0)).await;
+    ensure!(t.errors.is_empty(), "errors: {:?}", t.errors);
+    eprintln!(
+        "zone-a client, zone-a at 1/3 capacity: cross-zone share {:.1}% ({:?})",
+        cross(&t) * 100.0,
+        t.by_pod
+    );
+    ensure!(
+        cross(&t) > 0.3,
+        "expected spillover to zone-b, got {:?}",
+        t.by_pod
+    );
+    ensure!(
+        t.share("a-2") > 0.1,
+        "the remaining zone-a pod should still serve: {:?}",
+        t.by_pod
+    );
+    ensure!(
+        !t.by_pod.contains_key("a-0") && !t.by_pod.contains_key("a-1"),
+        "not-ready pods served: {:?}",
+        t.by_pod
+    );
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_keys_stick_and_move_only_to_a_new_backend() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-hash").await?;
+    for i in 0..4 {
+        fleet
+            .add(&format!("echo-{i}"), "zone-a", &EchoOptions::default())
+            .await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let client = LbClient::connect(config(
+        &server,
+        None,
+        ServiceOptions {
+            hash: HashSource::Header("x-user".into()),
+            ..options(Policy::RingHash)
+        },
+    ))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 4).await?;
+
+    let users = 40;
+    let by_user = |client_channel: lb_client::LbChannel| async move {
+        let mut echo = EchoClient::new(client_channel);
+        let mut out: BTreeMap<usize, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for round in 0..5 {
+            for u in 0..users {
+                let mut req = tonic::Request::new(EchoRequest {
+                    message: format!("{round}"),
+                    work_us: 0,
+                });
+                req.metadata_mut()
+                    .insert("x-user", format!("user-{u}").parse()?);
+                let pod = echo.echo(req).await?.into_inner().pod;
+                out.entry(u).or_default().insert(pod);
+            }
+        }
+        anyhow::Ok(out)
+    };
+    let before = by_user(channel.clone()).await?;
+    for (u, pods) in &before {
+        ensure!(pods.len() == 1, "user-{u} went to {pods:?}");
+    }
+    let distinct: std::collections::BTreeSet<_> = before.values().flatten().collect();
+    ensure!(
+        distinct.len() >= 3,
+        "40 keys should spread over the ring: {distinct:?}"
+    );
+
+    fleet
+        .add("echo-new", "zone-a", &EchoOptions::default())
+        .await?;
+    until_endpoints(&client, &key, 5).await?;
+    let after = by_user(channel).await?;
+    let mut moved = 0;
+    for (u, pods) in &after {
+        ensure!(
+            pods.len() == 1,
+            "user-{u} went to {pods:?} after the scale-up"
+        );
+        if before[u] != *pods {
+            moved += 1;
+            ensure!(
+                pods.contains("echo-new"),
+                "user-{u} moved from {:?} to {pods:?}, not to the new pod",
+                before[u]
+            );
+        }
+    }
+    eprintln!(
+        "ring hash: {moved} of {users} keys moved when a 5th backend joined (ideal {:.0})",
+        users as f64 / 5.0
+    );
+    ensure!(moved > 0, "the new backend took no keys");
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_backend_ramps_up_over_the_slow_start_window() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-ramp").await?;
+    for i in 0..3 {
+        fleet
+            .add(&format!("echo-{i}"), "zone-a", &EchoOptions::default())
+            .await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let window = Duration::from_secs(8);
+    let client = LbClient::connect(config(
+        &server,
+        None,
+        ServiceOptions {
+            slow_start: Some(SlowStart::new(window, 1.0, 0.05)?),
+            ..options(Policy::WeightedRoundRobin)
+        },
+    ))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 3).await?;
+    // The first three are past the window before the new one arrives.
+    tokio::time::sleep(window).await;
+    fleet
+        .add("echo-new", "zone-a", &EchoOptions::default())
+        .await?;
+    until_endpoints(&client, &key, 4).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(channel, 4, usize::MAX, Some(stop.clone()), echo(500)));
+    tokio::time::sleep(window + Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let t = loader.await?;
+    ensure!(t.errors.is_empty(), "errors: {:?}", t.errors);
+    let early = t.between(Duration::ZERO, Duration::from_secs(2));
+    let late = t.between(window + Duration::from_secs(1), Duration::MAX);
+    eprintln!(
+        "slow start ({window:?}): new pod share {:.1}% in the first 2 s, {:.1}% after the window (fair share 25%); {} requests",
+        early.share("echo-new") * 100.0,
+        late.share("echo-new") * 100.0,
+        t.total()
+    );
+    ensure!(early.total() > 0 && late.total() > 0, "no traffic measured");
+    ensure!(
+        early.share("echo-new") < late.share("echo-new") / 2.0,
+        "no ramp: {:.3} early vs {:.3} late",
+        early.share("echo-new"),
+        late.share("echo-new")
+    );
+    ensure!(
+        late.share("echo-new") > 0.15,
+        "after the window the new pod should get about a fair share"
+    );
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_is_ejected_and_returns_after_recovery() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-eject").await?;
+    let fail_file = std::env::temp_dir().join(format!("lbc-eject-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fail_file);
+    for i in 0..4 {
+        let opts = EchoOptions {
+            fail_file: (i == 0).then(|| fail_file.clone()),
+            ..Default::default()
+        };
+        fleet.add(&format!("echo-{i}"), "zone-a", &opts).await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let mut cfg = config(&server, None, options(Policy::P2c));
+    cfg.outlier = OutlierConfig {
+        base_ejection: Duration::from_secs(2),
+        max_ejection: Duration::from_secs(4),
+        success_rate: None,
+        ..OutlierConfig::default()
+    };
+    let client = LbClient::connect(cfg)?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 4).await?;
+
+    let t = load(channel.clone(), 4, 200, None, echo(0)).await;
+    ensure!(
+        t.errors.is_empty() && t.by_pod.len() == 4,
+        "healthy start: {:?} {:?}",
+        t.by_pod,
+        t.errors
+    );
+
+    std::fs::write(&fail_file, b"fail")?;
+    let t = load(channel.clone(), 4, 400, None, echo(0)).await;
+    let ejected = client.debug().services[0]
+        .endpoints
+        .iter()
+        .any(|e| e.pod.as_deref() == Some("echo-0") && e.ejected);
+    eprintln!(
+        "echo-0 failing: {} errors of 400 before ejection; ejected now: {ejected}",
+        t.errors.len()
+    );
+    ensure!(
+        ejected,
+        "echo-0 should be ejected after consecutive failures"
+    );
+    ensure!(
+        t.errors.len() <= 10,
+        "ejection should stop the errors quickly, got {}",
+        t.errors.len()
+    );
+    ensure!(
+        client.metrics_text().contains("lb_client_ejections_total"),
+        "ejection metric missing"
+    );
+
+    std::fs::remove_file(&fail_file)?;
+    eventually("echo-0 serves again after recovering", WAIT, || {
+        let channel = channel.clone();
+        async move {
+            let t = load(channel, 4, 200, None, echo(0)).await;
+            Ok(if t.by_pod.contains_key("echo-0") && t.errors.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{:?} {:?}", t.by_pod, t.errors))
+            })
+        }
+    })
+    .await?;
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_fails_no_request() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-roll").await?;
+    for i in 0..3 {
+        fleet
+            .add(&format!("v1-{i}"), "zone-a", &EchoOptions::default())
+            .await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let client = LbClient::connect(config(&server, None, options(Policy::P2c)))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 3).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(
+        channel,
+        8,
+        usize::MAX,
+        Some(stop.clone()),
+        echo(1_000),
+    ));
+    // Surge one, then retire one, as a Deployment with maxSurge 1, maxUnavailable 0 does.
+    for i in 0..3 {
+        fleet
+            .add(&format!("v2-{i}"), "zone-a", &EchoOptions::default())
+            .await?;
+        let (old, backend) = fleet.pods.remove(0);
+        let finished = old.delete_gracefully(Duration::from_secs(2)).await?;
+        // The kubelet stops the container after the endpoint update propagates;
+        // the backend drains in-flight requests on SIGTERM.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        backend.stop();
+        finished.await??;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let t = loader.await?;
+    eprintln!(
+        "rolling update: {} requests, {} failed; by pod {:?}",
+        t.total(),
+        t.errors.len(),
+        t.by_pod
+    );
+    ensure!(
+        t.errors.is_empty(),
+        "failed requests during the rollout: {:?}",
+        &t.errors[..t.errors.len().min(5)]
+    );
+    ensure!(
+        t.by_pod.keys().any(|p| p.starts_with("v2-")),
+        "the new pods never served"
+    );
+    let end = t.timeline.last().map_or(Duration::ZERO, |l| l.0);
+    let last = t.between(
+        end.saturating_sub(Duration::from_millis(500)),
+        Duration::MAX,
+    );
+    ensure!(
+        last.by_pod.keys().all(|p| p.starts_with("v2-")),
+        "old pods still served at the end: {:?}",
+        last.by_pod
+    );
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eds_server_restart_fails_no_request() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-restart").await?;
+    for i in 0..3 {
+        fleet
+            .add(&format!("echo-{i}"), "zone-a", &EchoOptions::default())
+            .await?;
+    }
+    let server = fleet.server().await?;
+    let (xds, admin) = (server.xds, server.admin);
+    let key = fleet.key();
+    let client = LbClient::connect(config(&server, None, options(Policy::P2c)))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 3).await?;
+    let acks_before = client.debug().control_plane.acks;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(channel, 4, usize::MAX, Some(stop.clone()), echo(500)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(server);
+    eventually("the client notices the server is gone", WAIT, || async {
+        let s = client.debug().control_plane.state;
+        Ok(if s == "connected" {
+            Err(s.to_owned())
+        } else {
+            Ok(())
+        })
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let flags = [
+        format!("--kubeconfig={}", fleet.ns.cluster().kubeconfig().display()),
+        format!("--namespace={}", fleet.ns.name()),
+        "--coalesce-window=50ms".to_owned(),
+    ];
+    let server = Server::start_on(xds, admin, &flags)?;
+    wait_ready(&server).await?;
+    eventually(
+        "the client resubscribes to the restarted server",
+        WAIT,
+        || async {
+            let d = client.debug();
+            Ok(
+                if d.control_plane.state == "connected" && d.control_plane.acks > acks_before {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", d.control_plane))
+                },
+            )
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let t = loader.await?;
+    eprintln!(
+        "eds-server restart: {} requests, {} failed",
+        t.total(),
+        t.errors.len()
+    );
+    ensure!(
+        t.errors.is_empty(),
+        "failed requests across the restart: {:?}",
+        &t.errors[..t.errors.len().min(5)]
+    );
+    ensure!(
+        t.total() > 100,
+        "too little traffic to mean anything: {}",
+        t.total()
+    );
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_without_a_control_plane_uses_the_snapshot_file_or_dns() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-cold").await?;
+    for i in 0..2 {
+        fleet
+            .add(&format!("echo-{i}"), "zone-a", &EchoOptions::default())
+            .await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let dir = std::env::temp_dir().join(format!("lbc-cold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let snapshot: PathBuf = dir.join("endpoints.snapshot");
+    let _ = std::fs::remove_file(&snapshot);
+
+    // A first client runs with the control plane and leaves a snapshot behind.
+    let mut cfg = config(&server, None, options(Policy::P2c));
+    cfg.snapshot_file = Some(snapshot.clone());
+    let warm = LbClient::connect(cfg)?;
+    let _ = warm.channel(&key)?;
+    until_endpoints(&warm, &key, 2).await?;
+    eventually("the snapshot file is written", WAIT, || async {
+        Ok(if snapshot.exists() {
+            Ok(())
+        } else {
+            Err("absent".to_owned())
+        })
+    })
+    .await?;
+    drop(warm);
+    drop(server);
+
+    // The control plane is gone (nothing listens there any more).
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    );
+    let mut cfg = LbConfig::new(dead.clone());
+    cfg.snapshot_file = Some(snapshot.clone());
+    cfg.default_service = options(Policy::P2c);
+    cfg.dns_fallback.enabled = false;
+    let cold = LbClient::connect(cfg)?;
+    let t = load(cold.channel(&key)?, 2, 50, None, echo(0)).await;
+    eprintln!(
+        "cold start from the snapshot file: {} ok, {} failed, {:?}",
+        t.total(),
+        t.errors.len(),
+        t.by_pod
+    );
+    ensure!(
+        t.errors.is_empty() && t.by_pod.len() == 2,
+        "{:?} {:?}",
+        t.by_pod,
+        t.errors
+    );
+    ensure!(cold.debug().services[0].source == Source::SnapshotFile);
+
+    // A damaged snapshot is ignored; the DNS fallback takes over. There is no
+    // cluster DNS here, so the fallback name is pointed at the pods' address
+    // through the override (resolved by the system resolver all the same).
+    let mut bytes = std::fs::read(&snapshot)?;
+    let n = bytes.len();
+    bytes.truncate(n - 3);
+    std::fs::write(&snapshot, &bytes)?;
+    let mut cfg = LbConfig::new(dead);
+    cfg.snapshot_file = Some(snapshot.clone());
+    cfg.default_service = options(Policy::P2c);
+    cfg.dns_fallback.after = Duration::from_millis(200);
+    let first = fleet.pods[0].0.ip();
+    cfg.dns_fallback
+        .overrides
+        .insert(key.clone(), format!("{first}:9090"));
+    let dns = LbClient::connect(cfg)?;
+    let t = load(dns.channel(&key)?, 2, 50, None, echo(0)).await;
+    eprintln!(
+        "cold start with a damaged snapshot, DNS fallback: {} ok, {} failed, {:?}",
+        t.total(),
+        t.errors.len(),
+        t.by_pod
+    );
+    ensure!(
+        t.errors.is_empty() && t.total() == 50,
+        "{:?} {:?}",
+        t.by_pod,
+        t.errors
+    );
+    ensure!(dns.debug().services[0].source == Source::Dns);
+    std::fs::remove_dir_all(&dir).context("cleaning up")?;
+    fleet.delete().await
+}
