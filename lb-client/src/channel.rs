@@ -62,6 +62,10 @@ impl LbChannel {
         Self { pool, settings }
     }
 
+    pub(crate) fn pool(&self) -> &Arc<ServicePool> {
+        &self.pool
+    }
+
     /// The service key this channel balances over.
     pub fn service(&self) -> &str {
         &self.pool.name

@@ -281,6 +281,25 @@ impl LbClient {
         Ok(LbChannel::new(pool, shared.settings.clone()))
     }
 
+    /// Sets a service's endpoints by hand, for services outside the control
+    /// plane's view (and for benchmarks). A later control-plane update for
+    /// the same key replaces them.
+    pub fn set_endpoints(
+        &self,
+        service_key: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), ChannelError> {
+        let channel = self.channel(service_key)?;
+        let pool = channel.pool();
+        pool.update(
+            EndpointSet::merge(endpoints),
+            Source::Static,
+            String::new(),
+            self.shared.config.eager_connect,
+        );
+        Ok(())
+    }
+
     /// What the client knows and why it picks what it picks.
     pub fn debug(&self) -> ClientDebug {
         let pools: Vec<Arc<ServicePool>> = {

@@ -279,9 +279,19 @@ mod tests {
         let b = Backoff::default();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         assert!((ms(b.delay(0, 0.999)) - 99.9).abs() < 0.01);
-        assert!((ms(b.delay(3, 0.5)) - 400.0).abs() < 0.01, "100 ms doubled 3 times, half of it");
-        assert!((ms(b.delay(40, 0.5)) - 5_000.0).abs() < 0.01, "capped at 10 s");
-        assert_eq!(b.delay(5, 0.0), Duration::from_millis(10), "never a busy loop");
+        assert!(
+            (ms(b.delay(3, 0.5)) - 400.0).abs() < 0.01,
+            "100 ms doubled 3 times, half of it"
+        );
+        assert!(
+            (ms(b.delay(40, 0.5)) - 5_000.0).abs() < 0.01,
+            "capped at 10 s"
+        );
+        assert_eq!(
+            b.delay(5, 0.0),
+            Duration::from_millis(10),
+            "never a busy loop"
+        );
     }
 
     #[test]

@@ -54,6 +54,38 @@ struct ResultLabels {
     result: &'static str,
 }
 
+const PICK_REASONS: [(PickReason, &str); 6] = [
+    (PickReason::Local, "local"),
+    (PickReason::Spill, "spill"),
+    (PickReason::AnyZone, "any-zone"),
+    (PickReason::Hash, "hash"),
+    (PickReason::Panic, "panic"),
+    (PickReason::Draining, "draining"),
+];
+
+/// One endpoint's request counters, shared with its family.
+#[derive(Debug)]
+pub(crate) struct EndpointCounters {
+    picks: [Counter; 6],
+    success: Counter,
+    failure: Counter,
+}
+
+impl EndpointCounters {
+    pub(crate) fn pick(&self, reason: PickReason) {
+        if let Some(i) = PICK_REASONS.iter().position(|(r, _)| *r == reason) {
+            self.picks[i].inc();
+        }
+    }
+
+    pub(crate) fn outcome(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => self.success.inc(),
+            Outcome::Failure => self.failure.inc(),
+        };
+    }
+}
+
 /// The client's metric families and their registry.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -116,36 +148,33 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn pick(&self, service: &str, endpoint: SocketAddr, reason: PickReason) {
-        let reason = match reason {
-            PickReason::Local => "local",
-            PickReason::Spill => "spill",
-            PickReason::AnyZone => "any-zone",
-            PickReason::Hash => "hash",
-            PickReason::Panic => "panic",
-            PickReason::Draining => "draining",
+    /// The per-request counters of one endpoint, looked up once when the
+    /// endpoint appears: a label lookup per request would cost more than
+    /// the pick itself.
+    pub(crate) fn endpoint(&self, service: &str, endpoint: SocketAddr) -> EndpointCounters {
+        let pick = |reason| {
+            self.picks
+                .get_or_create(&ReasonLabels {
+                    service: service.to_owned(),
+                    endpoint: endpoint.to_string(),
+                    reason,
+                })
+                .clone()
         };
-        self.picks
-            .get_or_create(&ReasonLabels {
-                service: service.to_owned(),
-                endpoint: endpoint.to_string(),
-                reason,
-            })
-            .inc();
-    }
-
-    pub(crate) fn outcome(&self, service: &str, endpoint: SocketAddr, outcome: Outcome) {
-        let outcome = match outcome {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
+        let outcome = |outcome| {
+            self.requests
+                .get_or_create(&OutcomeLabels {
+                    service: service.to_owned(),
+                    endpoint: endpoint.to_string(),
+                    outcome,
+                })
+                .clone()
         };
-        self.requests
-            .get_or_create(&OutcomeLabels {
-                service: service.to_owned(),
-                endpoint: endpoint.to_string(),
-                outcome,
-            })
-            .inc();
+        EndpointCounters {
+            picks: PICK_REASONS.map(|(_, name)| pick(name)),
+            success: outcome("success"),
+            failure: outcome("failure"),
+        }
     }
 
     pub(crate) fn ejection(&self, service: &str, endpoint: SocketAddr, reason: EjectionReason) {

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use crate::config::{HashSource, ServiceOptions};
 use crate::conn::Connection;
 use crate::error::ChannelError;
-use crate::metrics::Metrics;
+use crate::metrics::{EndpointCounters, Metrics};
 
 /// Where a service's current endpoints came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +48,8 @@ pub enum Source {
     SnapshotFile,
     /// The DNS fallback: the control plane never answered.
     Dns,
+    /// Given by the application ([`crate::LbClient::set_endpoints`]).
+    Static,
 }
 
 /// One endpoint: its metadata, its connection and its load. A metadata
@@ -58,6 +60,7 @@ pub(crate) struct EndpointHandle {
     pub(crate) endpoint: Endpoint,
     pub(crate) conn: Arc<Connection>,
     stats: Arc<Stats>,
+    counters: Arc<EndpointCounters>,
 }
 
 #[derive(Debug)]
@@ -72,12 +75,13 @@ struct Stats {
 }
 
 impl EndpointHandle {
-    fn new(endpoint: Endpoint, connect_timeout: Duration) -> Self {
+    fn new(endpoint: Endpoint, connect_timeout: Duration, counters: EndpointCounters) -> Self {
         // A new endpoint starts at a modest 10 ms guess so it is tried, and
         // the peak rule corrects it on the first slow answer.
         let initial = Duration::from_millis(10);
         Self {
             conn: Arc::new(Connection::new(endpoint.address, connect_timeout)),
+            counters: Arc::new(counters),
             endpoint,
             stats: Arc::new(Stats {
                 in_flight: AtomicU32::new(0),
@@ -299,9 +303,15 @@ impl ServicePool {
                     endpoint: e.clone(),
                     conn: h.conn.clone(),
                     stats: h.stats.clone(),
+                    counters: h.counters.clone(),
                 }),
                 None => {
-                    let h = Arc::new(EndpointHandle::new(e.clone(), self.connect_timeout));
+                    let counters = self.metrics.endpoint(&self.name, e.address);
+                    let h = Arc::new(EndpointHandle::new(
+                        e.clone(),
+                        self.connect_timeout,
+                        counters,
+                    ));
                     fresh.push(h.clone());
                     h
                 }
@@ -405,7 +415,7 @@ impl ServicePool {
             at_ms: self.now().as_millis() as u64,
         });
         drop(inner);
-        self.metrics.pick(&self.name, handle.address(), pick.reason);
+        handle.counters.pick(pick.reason);
         Ok((
             InFlight {
                 pool: self.clone(),
@@ -421,7 +431,7 @@ impl ServicePool {
             Outcome::Success => handle.stats.successes.fetch_add(1, Ordering::Relaxed),
             Outcome::Failure => handle.stats.failures.fetch_add(1, Ordering::Relaxed),
         };
-        self.metrics.outcome(&self.name, handle.address(), outcome);
+        handle.counters.outcome(outcome);
         let mut inner = self.lock();
         let now = self.now();
         if let Some(reason) = inner.outlier.record(&handle.address(), outcome, now) {
