@@ -9,6 +9,7 @@
 //!  harness   one shared cluster per test binary; namespaces, zoned Nodes,
 //!            Services, Pods; the harness plays the kubelet
 //!  server    eds-server in-process, its admin API, the echo Service
+//!  tools     Helm, built from its Go module (cached), for the deploy tests
 //! ```
 //!
 //! `cargo xtask cluster` drives the same code for people. This crate is
@@ -21,4 +22,5 @@ pub mod interop;
 pub mod netns;
 pub mod process;
 pub mod server;
+pub mod tools;
 pub mod xds;
