@@ -4,6 +4,7 @@
 //! line and dispatches. It is not a build system: cargo builds, xtask orchestrates.
 
 mod cluster;
+mod interop;
 mod simulate;
 mod test;
 
@@ -21,6 +22,8 @@ enum Command {
     /// Build, start, stop and inspect the local Kubernetes control plane.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Run stock proxyless gRPC clients (grpc-go, grpcio, tonic-xds) against eds-server and report the numbers.
+    Interop(interop::Args),
     /// Run the deterministic load simulator and compare balancing policies.
     Simulate(simulate::Args),
     /// Run everything CI runs: install what the tests need, then fmt, clippy and the tests.
@@ -30,6 +33,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Interop(args) => interop::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
     }

@@ -8,7 +8,7 @@
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use eds_tests::interop::ensure_grpc_go_client;
+use eds_tests::interop::{ensure_grpc_go_client, ensure_grpcio_venv};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -21,6 +21,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     step("install: local control-plane binaries (built from Go modules once, then cached)");
     eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
     ensure_grpc_go_client(true).context("building the grpc-go interop client")?;
+    ensure_grpcio_venv(true).context("creating the grpcio interop venv")?;
     eds_tests::tools::ensure_helm(true).context("building Helm for the deploy tests")?;
     eds_tests::netns::preflight().context("checking what the pod network needs")?;
 

@@ -1,32 +1,41 @@
 // Command client is a stock grpc-go xDS client for eds-server's interop
-// tests: it dials xds:///<target> (the bootstrap comes from
-// GRPC_XDS_BOOTSTRAP, as for any proxyless gRPC application), calls
-// eds.echo.v1.Echo/Echo -n times, one at a time, and prints one line of
-// JSON: how many replies came from each pod and zone, and the errors.
+// tests. It speaks the contract every interop client shares (see
+// tests/src/interop/mod.rs): it dials xds:///<target> (the bootstrap comes
+// from GRPC_XDS_BOOTSTRAP, as for any proxyless gRPC application), calls
+// eds.echo.v1.Echo/Echo one call at a time at a fixed rate, and prints one
+// line of JSON per call:
+//
+//	{"t_ms":<unix ms when it ended>,"lat_ms":..,"code":0,"pod":"echo-a0","zone":"zone-a","key":"k3"}
+//	{"t_ms":..,"lat_ms":..,"code":14,"msg":"<status message>"}
+//
+// It stops after -count calls (0: never) or on SIGTERM/SIGINT; with -hold it
+// stays connected after the last call until a signal, so a test can inspect
+// the xDS stream (ACKs, NACKs) on the server while the client is there.
+// -header name=value adds request metadata (the ring-hash key); with
+// -key-cycle N the value gets the suffix i%N, so one run covers N keys.
 //
 // The echo messages are encoded by hand with protowire (two tiny messages,
 // see proto/proto/echo.proto), so the program needs no generated code and no
 // protoc. Balancing is entirely grpc-go's own: its xDS resolver and the
 // cluster, priority and endpoint-picking policies eds-server configures.
-//
-// With -hold it stays connected after printing the summary until it gets
-// SIGTERM or SIGINT, so a test can inspect the xDS stream (ACKs, NACKs) on
-// the server while the client is still there; -summary also writes the
-// summary to a file (atomically), for a test that reads it from there.
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -125,39 +134,57 @@ func (codec) Unmarshal(data []byte, v any) error {
 	return reply.unmarshal(data)
 }
 
-// summary is what the program prints, as one line of JSON.
-type summary struct {
-	Target    string         `json:"target"`
-	Requested int            `json:"requested"`
-	OK        int            `json:"ok"`
-	Failed    int            `json:"failed"`
-	NotSent   int            `json:"not_sent"`
-	Pods      map[string]int `json:"pods"`
-	Zones     map[string]int `json:"zones"`
-	// Errors counts failures by "<code>: <message>", at most maxErrorKinds kinds.
-	Errors    map[string]int `json:"errors"`
-	ElapsedMs int64          `json:"elapsed_ms"`
+// record is one call, as printed.
+type record struct {
+	TMs   int64   `json:"t_ms"`
+	LatMs float64 `json:"lat_ms"`
+	Code  uint32  `json:"code"`
+	Pod   string  `json:"pod,omitempty"`
+	Zone  string  `json:"zone,omitempty"`
+	Key   string  `json:"key,omitempty"`
+	Msg   string  `json:"msg,omitempty"`
 }
-
-const maxErrorKinds = 8
 
 func main() {
 	target := flag.String("target", "", "xDS target, e.g. echo.demo:8080 (dialled as xds:///<target>)")
-	n := flag.Int("n", 200, "number of Echo calls, made one after another")
-	rpcTimeout := flag.Duration("rpc-timeout", 10*time.Second, "deadline of each call")
-	total := flag.Duration("deadline", 60*time.Second, "time for all calls; calls not started by then are counted as not_sent")
-	workUs := flag.Uint64("work-us", 0, "server-side work per call, in microseconds")
-	summaryFile := flag.String("summary", "", "also write the summary to this file")
-	hold := flag.Bool("hold", false, "after printing the summary, stay connected until SIGTERM or SIGINT")
+	count := flag.Int("count", 0, "calls to make; 0: until SIGTERM or SIGINT")
+	rate := flag.Float64("rate", 100, "calls per second (one at a time; 0: back to back)")
+	header := flag.String("header", "", "request metadata name=value, e.g. x-user=k")
+	keyCycle := flag.Int("key-cycle", 0, "if > 0, append i%N to the header value of call i")
+	rpcTimeout := flag.Float64("rpc-timeout", 5, "deadline of each call, in seconds")
+	outFile := flag.String("out", "", "write the JSON lines to this file instead of stdout")
+	hold := flag.Bool("hold", false, "after the last call, stay connected until SIGTERM or SIGINT")
 	flag.Parse()
-	if *target == "" || *n < 0 {
-		fmt.Fprintln(os.Stderr, "usage: client -target host:port [-n N] [-rpc-timeout D] [-deadline D] [-summary FILE] [-hold]")
+	var hName, hValue string
+	if *header != "" {
+		var ok bool
+		hName, hValue, ok = strings.Cut(*header, "=")
+		if !ok || hName == "" {
+			fmt.Fprintln(os.Stderr, "client: -header must be name=value")
+			os.Exit(2)
+		}
+	}
+	if *target == "" || *count < 0 || *rate < 0 || *rpcTimeout <= 0 {
+		fmt.Fprintln(os.Stderr, "usage: client -target host:port [-count N] [-rate R] [-header n=v [-key-cycle N]] [-out FILE] [-hold]")
 		os.Exit(2)
 	}
 	if os.Getenv("GRPC_XDS_BOOTSTRAP") == "" && os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG") == "" {
 		fmt.Fprintln(os.Stderr, "client: set GRPC_XDS_BOOTSTRAP (a file) or GRPC_XDS_BOOTSTRAP_CONFIG (JSON)")
 		os.Exit(2)
 	}
+	var sink io.Writer = os.Stdout
+	if *outFile != "" {
+		f, err := os.Create(*outFile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "client: %v\n", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		sink = f
+	}
+	// One write per line: a reader tailing the file never sees half a record
+	// unless it reads mid-write, and then it waits for the newline.
+	out := bufio.NewWriter(sink)
 
 	conn, err := grpc.NewClient("xds:///"+*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -166,67 +193,58 @@ func main() {
 	}
 	defer conn.Close()
 
-	out := summary{
-		Target:    *target,
-		Requested: *n,
-		Pods:      map[string]int{},
-		Zones:     map[string]int{},
-		Errors:    map[string]int{},
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var interval time.Duration
+	if *rate > 0 {
+		interval = time.Duration(float64(time.Second) / *rate)
 	}
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), *total)
-	defer cancel()
-	for i := 0; i < *n; i++ {
+	for i := 0; *count == 0 || i < *count; i++ {
+		// Paced against the start, not the last call, so slow calls do not
+		// lower the rate; a client that fell behind sends at once.
+		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+		}
 		if ctx.Err() != nil {
-			out.NotSent = *n - i
 			break
 		}
-		req := &echoRequest{Message: fmt.Sprintf("grpc-go %d", i), WorkUs: *workUs}
-		reply := &echoReply{}
-		callCtx, callCancel := context.WithTimeout(ctx, *rpcTimeout)
-		err := conn.Invoke(callCtx, echoMethod, req, reply, grpc.ForceCodec(codec{}))
-		callCancel()
-		if err != nil {
-			out.Failed++
-			st := status.Convert(err)
-			key := fmt.Sprintf("%s: %s", st.Code(), st.Message())
-			if _, seen := out.Errors[key]; seen || len(out.Errors) < maxErrorKinds {
-				out.Errors[key]++
+		callCtx, cancel := context.WithTimeout(ctx, time.Duration(*rpcTimeout*float64(time.Second)))
+		rec := record{}
+		if hName != "" {
+			rec.Key = hValue
+			if *keyCycle > 0 {
+				rec.Key = fmt.Sprintf("%s%d", hValue, i%*keyCycle)
 			}
-			continue
+			callCtx = metadata.AppendToOutgoingContext(callCtx, hName, rec.Key)
 		}
-		out.OK++
-		out.Pods[reply.Pod]++
-		out.Zones[reply.Zone]++
-	}
-	out.ElapsedMs = time.Since(start).Milliseconds()
-
-	line, err := json.Marshal(out)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "client: %v\n", err)
-		os.Exit(1)
-	}
-	fmt.Println(string(line))
-	if *summaryFile != "" {
-		if err := writeAtomically(*summaryFile, append(line, '\n')); err != nil {
-			fmt.Fprintf(os.Stderr, "client: writing the summary: %v\n", err)
-			os.Exit(1)
+		req := &echoRequest{Message: fmt.Sprintf("grpc-go %d", i)}
+		reply := &echoReply{}
+		began := time.Now()
+		err := conn.Invoke(callCtx, echoMethod, req, reply, grpc.ForceCodec(codec{}))
+		cancel()
+		ended := time.Now()
+		rec.TMs = ended.UnixMilli()
+		rec.LatMs = float64(ended.Sub(began).Microseconds()) / 1000
+		if err != nil {
+			if ctx.Err() != nil {
+				break // stopped mid-call: not the backend's fault
+			}
+			st := status.Convert(err)
+			rec.Code = uint32(st.Code())
+			rec.Msg = st.Message()
+		} else {
+			rec.Pod, rec.Zone = reply.Pod, reply.Zone
 		}
+		line, _ := json.Marshal(rec)
+		out.Write(append(line, '\n'))
+		out.Flush()
 	}
-
+	out.Flush()
 	if *hold {
-		stop := make(chan os.Signal, 1)
-		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
-		<-stop
+		<-ctx.Done()
 	}
-}
-
-// writeAtomically writes data to path through a temporary file and a
-// rename, so a reader never sees half a summary.
-func writeAtomically(path string, data []byte) error {
-	tmp := path + ".partial"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -1,0 +1,23 @@
+//! A stock Python grpcio xDS client (grpcio 1.85.3, C-core; `tests/interop/grpcio`)
+//! against eds-server: `xds:///echo.<ns>:8080` with nothing but a bootstrap
+//! file, real echo backends on pod IPs of the local cluster, and every
+//! interop scenario of `eds_tests::interop::scenario` (reach, zone affinity
+//! and spill, readiness shifts, scale-up, least-request and ring-hash
+//! Services ACKed, names that do not exist).
+//!
+//! ```text
+//!  grpcio client (host)  ──ADS, 127.0.0.1──> eds-server (in-process) ──watch──> kube-apiserver
+//!         │                                   LDS → RDS → CDS → EDS
+//!         └──Echo, pod IPs via the pod network route──> echo backends (3 in zone-a, 3 in zone-b)
+//! ```
+//!
+//! The numbers (shift times, cross-zone shares, calls and errors) go to
+//! stderr and `target/interop/report-grpcio.json`; nothing asserts on them.
+
+use eds_tests::interop::GRPCIO;
+use eds_tests::interop::scenario::run_suite;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_interop() -> anyhow::Result<()> {
+    run_suite(&GRPCIO).await.map(drop)
+}
