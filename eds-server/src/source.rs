@@ -127,6 +127,9 @@ pub struct SnapshotSource {
     config: SourceConfig,
     metrics: Arc<Metrics>,
     cache: Mutex<HashMap<CacheKey, Arc<Resource>>>,
+    /// Names already logged as missing in this topology: a client that keeps
+    /// asking gets one log line per topology, not one per request.
+    missing: Mutex<std::collections::HashSet<(ResourceType, String)>>,
 }
 
 impl SnapshotSource {
@@ -137,6 +140,16 @@ impl SnapshotSource {
             config,
             metrics,
             cache: Mutex::new(HashMap::new()),
+            missing: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Why `name` names no resource, for the operator's log.
+    fn why_missing(&self, name: &str) -> &'static str {
+        match name.parse::<ServiceKey>() {
+            Err(_) => "not a service key (<service>.<namespace>:<port>)",
+            Ok(key) if self.topology.service(&key).is_none() => "no such Service in the watched namespaces",
+            Ok(_) => "the Service has no such port",
         }
     }
 
@@ -288,7 +301,23 @@ impl ResourceSource for SnapshotSource {
                 }
                 Lookup::Found(resource)
             }
-            None => Lookup::DoesNotExist,
+            None => {
+                let first = self
+                    .missing
+                    .lock()
+                    .map(|mut m| m.insert((ty, name.to_owned())))
+                    .unwrap_or(false);
+                if first {
+                    tracing::info!(
+                        resource = name,
+                        r#type = ty.short_name(),
+                        node = %client.node_id,
+                        reason = self.why_missing(name),
+                        "a client asked for a resource that does not exist"
+                    );
+                }
+                Lookup::DoesNotExist
+            }
         }
     }
 
