@@ -20,7 +20,7 @@
 //! every stream, which is what gRPC expects.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http2::{Builder, SendRequest};
@@ -32,7 +32,11 @@ use tonic::body::Body;
 pub(crate) struct Connection {
     address: SocketAddr,
     timeout: Duration,
-    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    /// The open connection's handle: read (and cloned) by every request.
+    ready: RwLock<Option<SendRequest<Body>>>,
+    /// Held while connecting, so concurrent requests wait for one connect
+    /// rather than opening several connections.
+    connecting: tokio::sync::Mutex<()>,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -44,7 +48,8 @@ impl Connection {
         Self {
             address,
             timeout,
-            sender: tokio::sync::Mutex::new(None),
+            ready: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             down_until: Mutex::new(None),
         }
     }
@@ -59,21 +64,29 @@ impl Connection {
 
     /// Whether a connection is open now (for debug views).
     pub(crate) fn is_open(&self) -> bool {
-        self.sender
-            .try_lock()
-            .map(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
-            // Someone is connecting or cloning right now: report what is known.
-            .unwrap_or(false)
+        self.open().is_some()
     }
 
-    /// A handle to send on, connecting first if needed. Concurrent callers
-    /// wait for one connect rather than opening several connections.
+    fn open(&self) -> Option<SendRequest<Body>> {
+        self.ready
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    /// A handle to send on, connecting first if needed. The common case (a
+    /// connection is open) is a read lock and a clone.
     pub(crate) async fn sender(&self) -> std::io::Result<SendRequest<Body>> {
-        let mut slot = self.sender.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
+        if let Some(s) = self.open() {
+            return Ok(s);
         }
-        *slot = None;
+        let _connecting = self.connecting.lock().await;
+        // Someone else may have connected while we waited.
+        if let Some(s) = self.open() {
+            return Ok(s);
+        }
         let result = tokio::time::timeout(self.timeout, connect(self.address))
             .await
             .unwrap_or_else(|_| {
@@ -86,7 +99,7 @@ impl Connection {
         match result {
             Ok(s) => {
                 *down = None;
-                *slot = Some(s.clone());
+                *self.ready.write().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
                 Ok(s)
             }
             Err(e) => {

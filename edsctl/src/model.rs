@@ -1,0 +1,544 @@
+//! The admin API's JSON as edsctl reads it (eds-server `admin.rs` is the
+//! contract), and conversions to `lb-core` types.
+//!
+//! ```text
+//!  GET /debug/snapshot          -> SnapshotView  { ready, version, services: [ServiceView] }
+//!  GET /debug/endpoints/{key}   -> EndpointsView { key, canonical, version, endpoints: [EndpointView] }
+//!  GET /debug/clients           -> ClientsView   { at, clients: [ClientEntry { stats: { types: [TypeStats] } }] }
+//! ```
+//!
+//! Fields the server may add later are ignored, and fields edsctl can live
+//! without default, so an older or newer server still works. Times arrive
+//! either as RFC 3339 strings or as serde's `SystemTime` form
+//! (`{"secs_since_epoch", "nanos_since_epoch"}`); [`Time`] reads both and
+//! always writes RFC 3339, so edsctl's own JSON and YAML are readable.
+//!
+//! Not here: fetching (see [`crate::http`]) or presenting (see
+//! [`crate::render`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lb_core::{Endpoint, EndpointSet, Health};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// A point in time, read from either form the server writes, written as RFC 3339.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Time(pub SystemTime);
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&proto::resources::rfc3339::format(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Epoch {
+                secs_since_epoch: u64,
+                #[serde(default)]
+                nanos_since_epoch: u32,
+            },
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) => proto::resources::rfc3339::parse(&s)
+                .map(Time)
+                .map_err(serde::de::Error::custom),
+            Raw::Epoch {
+                secs_since_epoch,
+                nanos_since_epoch,
+            } => UNIX_EPOCH
+                .checked_add(Duration::new(secs_since_epoch, nanos_since_epoch))
+                .map(Time)
+                .ok_or_else(|| serde::de::Error::custom("time out of range")),
+        }
+    }
+}
+
+impl Time {
+    /// RFC 3339 text.
+    pub fn rfc3339(self) -> String {
+        proto::resources::rfc3339::format(self.0)
+    }
+}
+
+/// `/debug/snapshot`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// Whether the server has synced and serves.
+    pub ready: bool,
+    /// Content version of the whole snapshot.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Every service key.
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
+}
+
+/// One service key in `/debug/snapshot`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Canonical key.
+    pub key: String,
+    /// Content version of its endpoint set.
+    pub version: String,
+    /// Endpoint counts by zone (`""` unknown), then by health.
+    #[serde(default)]
+    pub zones: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Streams subscribed to it.
+    #[serde(default)]
+    pub subscribers: usize,
+}
+
+impl ServiceView {
+    /// Endpoints in `health` over every zone.
+    pub fn count(&self, health: Health) -> usize {
+        self.zones
+            .values()
+            .filter_map(|by| by.get(health.as_str()))
+            .sum()
+    }
+
+    /// Every endpoint, whatever its health.
+    pub fn total(&self) -> usize {
+        self.zones.values().flat_map(|by| by.values()).sum()
+    }
+
+    /// The namespace part of the key (`<svc>.<ns>:<port>`), if it parses.
+    pub fn namespace(&self) -> Option<String> {
+        self.key
+            .parse::<lb_core::ServiceKey>()
+            .ok()
+            .map(|k| k.namespace().to_owned())
+    }
+}
+
+/// `/debug/endpoints/{key}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointsView {
+    /// The key as asked.
+    pub key: String,
+    /// The canonical key it resolved to.
+    pub canonical: String,
+    /// Content version of the endpoint set.
+    pub version: String,
+    /// Every endpoint.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointView>,
+}
+
+impl EndpointsView {
+    /// The endpoints as an `lb-core` set (sorted, one per address).
+    pub fn to_set(&self) -> Result<EndpointSet, Error> {
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(EndpointView::to_endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EndpointSet::merge(endpoints))
+    }
+}
+
+/// One endpoint in `/debug/endpoints/{key}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointView {
+    /// `ip:port`.
+    pub address: String,
+    /// Pod name.
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// Node name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// HEALTHY, DRAINING or UNHEALTHY.
+    pub health: String,
+    /// Load-balancing weight.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// When it became ready (RFC 3339).
+    #[serde(default)]
+    pub ready_since: Option<String>,
+    /// When a draining endpoint goes away (RFC 3339).
+    #[serde(default)]
+    pub drain_deadline: Option<String>,
+    /// Chosen pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `HEALTHY` / `DRAINING` / `UNHEALTHY` back to [`Health`].
+pub fn parse_health(s: &str) -> Option<Health> {
+    match s {
+        "HEALTHY" => Some(Health::Healthy),
+        "DRAINING" => Some(Health::Draining),
+        "UNHEALTHY" => Some(Health::Unhealthy),
+        _ => None,
+    }
+}
+
+impl EndpointView {
+    /// The endpoint as `lb-core` sees it.
+    pub fn to_endpoint(&self) -> Result<Endpoint, Error> {
+        let address: SocketAddr = self
+            .address
+            .parse()
+            .map_err(|_| Error::BadValue(format!("endpoint address {:?}", self.address)))?;
+        let health = parse_health(&self.health)
+            .ok_or_else(|| Error::BadValue(format!("endpoint health {:?}", self.health)))?;
+        let time = |t: &Option<String>, what: &str| -> Result<Option<SystemTime>, Error> {
+            t.as_deref()
+                .map(|s| {
+                    proto::resources::rfc3339::parse(s)
+                        .map_err(|e| Error::BadValue(format!("{what} of {}: {e}", self.address)))
+                })
+                .transpose()
+        };
+        let mut e = Endpoint::new(address)
+            .with_health(health)
+            .with_weight(NonZeroU32::new(self.weight).unwrap_or(NonZeroU32::MIN));
+        e.zone = self.zone.clone();
+        e.node = self.node.clone();
+        e.pod = self.pod.clone();
+        e.ready_since = time(&self.ready_since, "ready_since")?;
+        e.drain_deadline = time(&self.drain_deadline, "drain_deadline")?;
+        e.labels = self.labels.clone();
+        Ok(e)
+    }
+
+    /// The view of an `lb-core` endpoint (the inverse of [`Self::to_endpoint`]).
+    pub fn from_endpoint(e: &Endpoint) -> Self {
+        Self {
+            address: e.address.to_string(),
+            pod: e.pod.clone(),
+            node: e.node.clone(),
+            zone: e.zone.clone(),
+            health: e.health.as_str().to_owned(),
+            weight: e.weight.get(),
+            ready_since: e.ready_since.map(proto::resources::rfc3339::format),
+            drain_deadline: e.drain_deadline.map(proto::resources::rfc3339::format),
+            labels: e.labels.clone(),
+        }
+    }
+}
+
+/// `/debug/clients`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientsView {
+    /// The server's clock when it answered; ages are measured from it, so
+    /// clock skew between edsctl and the server does not matter.
+    pub at: Time,
+    /// Every open xDS stream.
+    #[serde(default)]
+    pub clients: Vec<ClientEntry>,
+}
+
+/// One open xDS stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientEntry {
+    /// Server-local stream id.
+    pub id: u64,
+    /// The peer's address.
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// When the stream opened.
+    pub connected_at: Time,
+    /// When it last did something.
+    pub last_activity: Time,
+    /// Protocol state.
+    pub stats: SubscriberStats,
+}
+
+/// Protocol state of one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriberStats {
+    /// Who the client is.
+    pub client: ClientInfo,
+    /// `Sotw` or `Delta`.
+    #[serde(default)]
+    pub protocol: String,
+    /// `"Aggregated"` or `{"Single": "eds"}`; kept as JSON, shown as text.
+    #[serde(default)]
+    pub stream: serde_json::Value,
+    /// Totals.
+    #[serde(default)]
+    pub counters: Counters,
+    /// Requests rejected with an error.
+    #[serde(default)]
+    pub errors: u64,
+    /// Per resource type.
+    #[serde(default)]
+    pub types: Vec<TypeStats>,
+}
+
+/// The client's node.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// `Node.id`.
+    #[serde(default)]
+    pub node_id: String,
+    /// `Node.cluster`.
+    #[serde(default)]
+    pub cluster: String,
+    /// `Node.locality.zone`.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// Event counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Requests received.
+    #[serde(default)]
+    pub requests: u64,
+    /// Responses produced.
+    #[serde(default)]
+    pub responses: u64,
+    /// ACKs.
+    #[serde(default)]
+    pub acks: u64,
+    /// NACKs.
+    #[serde(default)]
+    pub nacks: u64,
+    /// Stale requests.
+    #[serde(default)]
+    pub stale: u64,
+}
+
+/// One resource type on one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypeStats {
+    /// The type URL.
+    pub type_url: String,
+    /// Wildcard subscription.
+    #[serde(default)]
+    pub wildcard: bool,
+    /// Subscribed names.
+    #[serde(default)]
+    pub subscribed: Vec<String>,
+    /// Version of the last response.
+    #[serde(default)]
+    pub sent_version: Option<String>,
+    /// Per resource: the version last sent.
+    #[serde(default)]
+    pub sent_resources: BTreeMap<String, String>,
+    /// Nonce awaiting an ACK.
+    #[serde(default)]
+    pub pending_nonce: Option<String>,
+    /// Version last acknowledged.
+    #[serde(default)]
+    pub acked_version: Option<String>,
+    /// Per resource: the version acknowledged.
+    #[serde(default)]
+    pub acked_resources: BTreeMap<String, String>,
+    /// Per resource: a sent version the client rejected.
+    #[serde(default)]
+    pub nacked_resources: BTreeMap<String, String>,
+    /// When the last ACK arrived.
+    #[serde(default)]
+    pub last_ack_at: Option<Time>,
+    /// The last NACK.
+    #[serde(default)]
+    pub last_nack: Option<NackRecord>,
+    /// Counters for this type.
+    #[serde(default)]
+    pub counters: Counters,
+}
+
+impl TypeStats {
+    /// `eds`, `cds`, `lds`, `rds` from the type URL, or the URL's last part.
+    pub fn short_type(&self) -> &str {
+        let last = self.type_url.rsplit('.').next().unwrap_or(&self.type_url);
+        match last {
+            "ClusterLoadAssignment" => "eds",
+            "Cluster" => "cds",
+            "Listener" => "lds",
+            "RouteConfiguration" => "rds",
+            other => other,
+        }
+    }
+
+    /// Why `name` stands rejected, if it does: the server lists it in
+    /// `nacked_resources` (a sent version the client rejected and nothing
+    /// newer has replaced), or the last NACK names it, no ACK came after,
+    /// and the client's acknowledged version is not the one last sent.
+    /// The reason is the client's message, or the rejected version.
+    pub fn nack_outstanding_for(&self, name: &str) -> Option<String> {
+        let reason = |n: &NackRecord| {
+            if n.message.is_empty() {
+                format!("rejected version {}", n.rejected_version)
+            } else {
+                n.message.clone()
+            }
+        };
+        if let Some(v) = self.nacked_resources.get(name) {
+            return Some(match &self.last_nack {
+                Some(n) => reason(n),
+                None => format!("rejected version {v}"),
+            });
+        }
+        let nack = self.last_nack.as_ref()?;
+        let concerns = nack.resources.iter().any(|r| r == name);
+        let superseded = self.last_ack_at.is_some_and(|ack| ack > nack.at);
+        // A rejected response may carry resources the client already runs
+        // at the sent version; those are not behind.
+        let behind = self.sent_resources.get(name) != self.acked_resources.get(name);
+        (concerns && !superseded && behind).then(|| reason(nack))
+    }
+}
+
+/// A rejected response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NackRecord {
+    /// The version rejected.
+    #[serde(default)]
+    pub rejected_version: String,
+    /// The version the client still uses.
+    #[serde(default)]
+    pub client_version: String,
+    /// The nonce of the rejected response.
+    #[serde(default)]
+    pub nonce: String,
+    /// `google.rpc.Code`.
+    #[serde(default)]
+    pub code: i32,
+    /// The client's message.
+    #[serde(default)]
+    pub message: String,
+    /// Resources in the rejected response.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Whether the nonce was stale.
+    #[serde(default)]
+    pub stale: bool,
+    /// When it arrived.
+    pub at: Time,
+}
+
+impl SubscriberStats {
+    /// `ads` for an aggregated stream, else the single type's short name.
+    pub fn stream_kind(&self) -> String {
+        match &self.stream {
+            serde_json::Value::String(s) if s == "Aggregated" => "ads".into(),
+            serde_json::Value::String(s) => s.to_lowercase(),
+            serde_json::Value::Object(m) => m
+                .get("Single")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_owned(),
+            _ => "?".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_time_forms_and_writes_rfc3339() {
+        let a: Time = serde_json::from_str("\"2024-05-01T12:00:00Z\"").unwrap();
+        let b: Time =
+            serde_json::from_str(r#"{"secs_since_epoch":1714564800,"nanos_since_epoch":0}"#)
+                .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            "\"2024-05-01T12:00:00Z\""
+        );
+        assert!(serde_json::from_str::<Time>("\"yesterday\"").is_err());
+    }
+
+    #[test]
+    fn endpoint_round_trips_through_lb_core() {
+        let view = EndpointView {
+            address: "10.1.0.5:9090".into(),
+            pod: Some("echo-0".into()),
+            node: Some("n".into()),
+            zone: Some("zone-a".into()),
+            health: "DRAINING".into(),
+            weight: 3,
+            ready_since: Some("2024-05-01T12:00:00Z".into()),
+            drain_deadline: Some("2024-05-01T12:00:30Z".into()),
+            labels: BTreeMap::from([("shard".into(), "s0".into())]),
+        };
+        let e = view.to_endpoint().unwrap();
+        assert_eq!(e.health, Health::Draining);
+        assert_eq!(EndpointView::from_endpoint(&e), view);
+    }
+
+    #[test]
+    fn unusable_values_are_errors_not_panics() {
+        let mut view = EndpointView {
+            address: "not-an-address".into(),
+            pod: None,
+            node: None,
+            zone: None,
+            health: "HEALTHY".into(),
+            weight: 0,
+            ready_since: None,
+            drain_deadline: None,
+            labels: BTreeMap::new(),
+        };
+        assert!(view.to_endpoint().is_err());
+        view.address = "10.0.0.1:1".into();
+        view.health = "SICK".into();
+        assert!(view.to_endpoint().is_err());
+        view.health = "HEALTHY".into();
+        // Weight 0 is not representable; it reads as 1 rather than failing.
+        assert_eq!(view.to_endpoint().unwrap().weight.get(), 1);
+    }
+
+    #[test]
+    fn a_nack_is_outstanding_until_an_ack_follows_it() {
+        let t = |s: u64| Time(UNIX_EPOCH + Duration::from_secs(s));
+        let mut ts = TypeStats {
+            type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+            wildcard: false,
+            subscribed: vec!["echo.demo:8080".into()],
+            sent_version: None,
+            pending_nonce: None,
+            acked_version: None,
+            acked_resources: BTreeMap::new(),
+            nacked_resources: BTreeMap::new(),
+            sent_resources: BTreeMap::from([("echo.demo:8080".into(), "v2".into())]),
+            last_ack_at: Some(t(5)),
+            last_nack: Some(NackRecord {
+                rejected_version: "v2".into(),
+                client_version: "v1".into(),
+                nonce: "2".into(),
+                code: 3,
+                message: "bad".into(),
+                resources: vec!["echo.demo:8080".into()],
+                stale: false,
+                at: t(10),
+            }),
+            counters: Counters::default(),
+        };
+        assert_eq!(ts.short_type(), "eds");
+        assert_eq!(
+            ts.nack_outstanding_for("echo.demo:8080").as_deref(),
+            Some("bad")
+        );
+        assert!(ts.nack_outstanding_for("other.demo:8080").is_none());
+        ts.last_ack_at = Some(t(20));
+        assert!(ts.nack_outstanding_for("echo.demo:8080").is_none());
+        ts.nacked_resources
+            .insert("echo.demo:8080".into(), "v3".into());
+        assert!(ts.nack_outstanding_for("echo.demo:8080").is_some());
+    }
+}
