@@ -148,7 +148,9 @@ impl SnapshotSource {
     fn why_missing(&self, name: &str) -> &'static str {
         match name.parse::<ServiceKey>() {
             Err(_) => "not a service key (<service>.<namespace>:<port>)",
-            Ok(key) if self.topology.service(&key).is_none() => "no such Service in the watched namespaces",
+            Ok(key) if self.topology.service(&key).is_none() => {
+                "no such Service in the watched namespaces"
+            }
             Ok(_) => "the Service has no such port",
         }
     }

@@ -9,6 +9,7 @@
 //!  harness   one shared cluster per test binary; namespaces, zoned Nodes,
 //!            Services, Pods; the harness plays the kubelet
 //!  server    eds-server in-process, its admin API, the echo Service
+//!  demo      `cargo xtask demo`: lb-client next to per-connection balancing
 //!  tools     Helm, built from its Go module (cached), for the deploy tests
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! `anyhow` throughout, as test code does.
 
 pub mod cluster;
+pub mod demo;
 pub mod harness;
 pub mod interop;
 pub mod netns;

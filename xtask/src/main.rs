@@ -4,6 +4,8 @@
 //! line and dispatches. It is not a build system: cargo builds, xtask orchestrates.
 
 mod cluster;
+mod demo;
+mod e2e;
 mod interop;
 mod simulate;
 mod test;
@@ -22,6 +24,10 @@ enum Command {
     /// Build, start, stop and inspect the local Kubernetes control plane.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Show lb-client's per-request balancing next to per-connection balancing, live, with a pod killed mid-run.
+    Demo(demo::Args),
+    /// Run the end-to-end scenarios on the local control plane (or check for kind) and summarise them.
+    E2e(e2e::Args),
     /// Run stock proxyless gRPC clients (grpc-go, grpcio, tonic-xds) against eds-server and report the numbers.
     Interop(interop::Args),
     /// Run the deterministic load simulator and compare balancing policies.
@@ -33,6 +39,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Demo(args) => demo::run(args),
+        Command::E2e(args) => e2e::run(args),
         Command::Interop(args) => interop::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),

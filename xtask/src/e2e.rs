@@ -1,0 +1,267 @@
+//! `cargo xtask e2e`: the end-to-end scenarios, one test binary each, with
+//! a per-scenario summary, failing if any scenario failed.
+//!
+//! `--cluster local` (the default) runs on the local control plane: the
+//! binaries are ensured (built from Go modules once, then cached), then each
+//! scenario runs as `cargo test -p eds-tests --test <name> -- --nocapture`.
+//! Each test binary starts its own control plane tied to its process (gone
+//! when it exits, pass or fail), or attaches to `$EDS_CLUSTER_DIR`. The
+//! `deploy` scenario applies deploy/'s RBAC and runs eds-server on nothing
+//! but that ServiceAccount's token (there is no kubelet to run the
+//! Deployment itself).
+//!
+//! `--cluster kind` only checks for Docker and kind and says what is
+//! missing; running the scenarios inside a kind cluster is not implemented
+//! here, and it says so rather than pretending.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The scenarios, in the order they run: cheap and foundational first.
+const SCENARIOS: [&str; 4] = ["deploy", "eds_server", "lb_client", "demo"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ClusterKind {
+    /// The local control plane (processes built from Go modules).
+    Local,
+    /// A kind cluster (needs Docker).
+    Kind,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Where the scenarios run.
+    #[arg(long, value_enum, default_value_t = ClusterKind::Local)]
+    cluster: ClusterKind,
+    /// Run only these scenarios (repeatable), e.g. `--scenario demo`.
+    #[arg(long = "scenario")]
+    only: Vec<String>,
+}
+
+/// One scenario's outcome.
+#[derive(Debug)]
+struct Outcome {
+    name: String,
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+    ok: bool,
+    took: Duration,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    match args.cluster {
+        ClusterKind::Local => local(&args.only),
+        ClusterKind::Kind => kind(),
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every scenario: the fixed list, then `interop_*` test files if present.
+fn scenarios() -> anyhow::Result<Vec<String>> {
+    let dir = workspace().join("tests/tests");
+    let mut all: Vec<String> = SCENARIOS
+        .iter()
+        .filter(|s| dir.join(format!("{s}.rs")).is_file())
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut interop: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".rs")?;
+            stem.starts_with("interop_").then(|| stem.to_owned())
+        })
+        .collect();
+    interop.sort();
+    all.extend(interop);
+    Ok(all)
+}
+
+fn local(only: &[String]) -> anyhow::Result<()> {
+    let mut names = scenarios()?;
+    if !only.is_empty() {
+        for o in only {
+            if !names.contains(o) {
+                bail!("no scenario {o}; scenarios: {}", names.join(", "));
+            }
+        }
+        names.retain(|n| only.contains(n));
+    }
+    eprintln!("==> local control plane binaries (built once from Go modules, then cached)");
+    eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
+    eds_tests::netns::preflight().context("checking what the pod network needs")?;
+    match std::env::var_os("EDS_CLUSTER_DIR") {
+        Some(dir) => eprintln!(
+            "==> scenarios attach to the control plane in {}",
+            Path::new(&dir).display()
+        ),
+        None => eprintln!("==> each scenario starts its own control plane, tied to its process"),
+    }
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    for name in &names {
+        eprintln!("\n==> scenario {name}: cargo test -p eds-tests --test {name} -- --nocapture");
+        outcomes.push(scenario(name)?);
+    }
+    eprintln!(
+        "\n==> e2e summary (local cluster, {:.0?} in all)",
+        started.elapsed()
+    );
+    println!(
+        "{:<22} {:<6} {:>6} {:>6} {:>7} {:>9}",
+        "SCENARIO", "RESULT", "PASSED", "FAILED", "IGNORED", "DURATION"
+    );
+    for o in &outcomes {
+        println!(
+            "{:<22} {:<6} {:>6} {:>6} {:>7} {:>8.1}s",
+            o.name,
+            if o.ok { "ok" } else { "FAILED" },
+            o.passed,
+            o.failed,
+            o.ignored,
+            o.took.as_secs_f64()
+        );
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.ok)
+        .map(|o| o.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("e2e: scenario(s) failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Runs one test binary, echoing its output and reading its `test result:` line.
+fn scenario(name: &str) -> anyhow::Result<Outcome> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let started = Instant::now();
+    let mut child = Command::new(&cargo)
+        .current_dir(workspace())
+        .args([
+            "test",
+            "-p",
+            "eds-tests",
+            "--test",
+            name,
+            "--",
+            "--nocapture",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo} test --test {name}"))?;
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    let mut result: Option<(u32, u32, u32)> = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(r) = parse_result(&line) {
+            result = Some(r);
+        }
+    }
+    let status = child.wait()?;
+    let (passed, failed, ignored) = result.unwrap_or((0, 0, 0));
+    Ok(Outcome {
+        name: name.to_owned(),
+        passed,
+        failed,
+        ignored,
+        // A binary that did not build or crashed has no result line: that is a failure too.
+        ok: status.success() && result.is_some() && failed == 0,
+        took: started.elapsed(),
+    })
+}
+
+/// `test result: ok. 3 passed; 0 failed; 1 ignored; ...` -> (3, 0, 1).
+fn parse_result(line: &str) -> Option<(u32, u32, u32)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |what: &str| {
+        rest.split(['.', ';'])
+            .find_map(|part| part.trim().strip_suffix(what)?.trim().parse::<u32>().ok())
+    };
+    Some((
+        count(" passed")?,
+        count(" failed")?,
+        count(" ignored").unwrap_or(0),
+    ))
+}
+
+/// What `--cluster kind` needs, checked honestly.
+fn kind() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    let docker = which("docker");
+    let kind = which("kind");
+    if docker.is_none() {
+        missing.push("`docker` is not on PATH".to_owned());
+    }
+    if kind.is_none() {
+        missing.push("`kind` is not on PATH (https://kind.sigs.k8s.io)".to_owned());
+    }
+    if let Some(docker) = &docker {
+        match Command::new(docker)
+            .arg("info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => missing.push(format!(
+                "the Docker daemon is not reachable (`docker info` failed: {})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => missing.push(format!("`docker info` could not run: {e}")),
+        }
+    }
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("e2e --cluster kind: {m}");
+        }
+        bail!(
+            "e2e --cluster kind cannot run here: {}. `cargo xtask e2e` (--cluster local) needs neither.",
+            missing.join("; ")
+        );
+    }
+    bail!(
+        "docker and kind are present, but `e2e --cluster kind` (create a kind cluster, build and \
+         load the image, apply deploy/, run the scenarios, delete the cluster) is not implemented \
+         yet; use `--cluster local`"
+    )
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_result;
+
+    #[test]
+    fn parses_the_libtest_result_line() {
+        assert_eq!(
+            parse_result(
+                "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 2.01s"
+            ),
+            Some((3, 0, 1))
+        );
+        assert_eq!(
+            parse_result(
+                "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
+            ),
+            Some((1, 2, 0))
+        );
+        assert_eq!(parse_result("running 3 tests"), None);
+    }
+}
