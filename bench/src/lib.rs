@@ -1,0 +1,11 @@
+//! The benchmark suite's shared parts: the result format every benchmark
+//! program writes ([`report`]) and what a run records about the machine it
+//! ran on and the processes it measured ([`machine`]).
+//!
+//! The programs themselves are the binaries in `src/bin/`; `cargo xtask
+//! bench` builds them in release mode, runs them, and renders
+//! `docs/benchmarks.md` from their JSON. This crate is not a test: nothing in
+//! it asserts a timing.
+
+pub mod machine;
+pub mod report;
