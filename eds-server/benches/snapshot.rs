@@ -50,17 +50,17 @@ fn index(cluster: &cluster::Cluster) -> Index {
     cluster::populate(&mut index, cluster, UNIX_EPOCH);
     let (_, stats) = index.topology_with_stats();
     eprintln!(
-        "cluster: {} Services, {} EndpointSlices; topology: {} keys, {} healthy + {} draining endpoints sent, {} withheld",
+        "cluster: {} Services, {} EndpointSlices; topology: {} keys, {} healthy + {} draining endpoints sent, {} not serving",
         cluster.services.len(),
         cluster.slices.len(),
         stats.keys,
         stats.healthy,
         stats.draining,
-        stats.withheld,
+        stats.unhealthy,
     );
     assert_eq!(stats.keys, cluster::SERVICES);
     assert_eq!(
-        stats.healthy + stats.draining + stats.withheld,
+        stats.healthy + stats.draining + stats.unhealthy,
         cluster::ENDPOINTS
     );
     index

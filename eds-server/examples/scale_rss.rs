@@ -212,14 +212,14 @@ fn main() {
     let (_, stats) = index.topology_with_stats();
     println!();
     println!(
-        "{} Services, {} EndpointSlices, {} keys; endpoints sent: {} healthy + {} draining ({} withheld); \
+        "{} Services, {} EndpointSlices, {} keys; endpoints sent: {} healthy + {} draining ({} not serving, withheld from stock clients); \
          CLAs encoded: {:.1} MiB, then {:.1} MiB",
         objects.services.len(),
         objects.slices.len(),
         stats.keys,
         stats.healthy,
         stats.draining,
-        stats.withheld,
+        stats.unhealthy,
         mib(encoded),
         mib(encoded_again),
     );
@@ -239,7 +239,7 @@ fn main() {
     println!("The same objects as JSON: {:.1} MiB", mib(json));
     assert_eq!(stats.keys, cluster::SERVICES);
     assert_eq!(
-        stats.healthy + stats.draining + stats.withheld,
+        stats.healthy + stats.draining + stats.unhealthy,
         cluster::ENDPOINTS
     );
     drop(source);

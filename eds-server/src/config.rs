@@ -55,7 +55,11 @@ pub struct Args {
     #[arg(long, env = "EDS_WATCH_PODS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_pods: bool,
 
-    /// Send not-serving endpoints as UNHEALTHY instead of leaving them out.
+    /// Send not-serving endpoints as UNHEALTHY to every client instead of
+    /// leaving them out. Without it, only clients that advertise the
+    /// `eds.rs/unhealthy-endpoints` client feature (lb-client does) get them;
+    /// stock gRPC clients ignore UNHEALTHY endpoints anyway. Zone spillover
+    /// counts them either way.
     #[arg(long, env = "EDS_INCLUDE_UNHEALTHY")]
     pub include_unhealthy: bool,
 
@@ -157,7 +161,6 @@ impl Args {
                 .filter(|l| !l.is_empty())
                 .cloned()
                 .collect(),
-            include_unhealthy: self.include_unhealthy,
             watch_pods: self.watch_pods,
             ..IndexConfig::default()
         };

@@ -118,7 +118,10 @@ impl ResourceSource for NotReady {
     }
 }
 
-type CacheKey = (ResourceType, String, Option<String>);
+/// What a resource's bytes depend on besides the topology: type, name as
+/// asked, and for CLAs the client's zone and whether it takes UNHEALTHY
+/// endpoints. Everything else about a client is irrelevant to its resources.
+type CacheKey = (ResourceType, String, Option<String>, bool);
 
 /// The resources of one topology, encoded lazily and cached.
 #[derive(Debug)]
@@ -155,7 +158,13 @@ impl SnapshotSource {
         }
     }
 
-    fn build(&self, ty: ResourceType, name: &str, zone: Option<&str>) -> Option<Resource> {
+    fn build(
+        &self,
+        ty: ResourceType,
+        name: &str,
+        zone: Option<&str>,
+        unhealthy: bool,
+    ) -> Option<Resource> {
         let key: ServiceKey = name.parse().ok()?;
         let canonical = self.topology.resolve(&key)?;
         let meta = self.topology.service(&key)?;
@@ -174,13 +183,14 @@ impl SnapshotSource {
                 (body, format!("{policy:?}"))
             }
             ResourceType::ClusterLoadAssignment => {
-                let set = self
+                let all = self
                     .topology
                     .snapshot
                     .get(&canonical)
                     .cloned()
                     .unwrap_or_default();
-                let mut opts = ClaOptions::default().with_unhealthy(self.config.include_unhealthy);
+                // Zone capacity counts not-serving endpoints even when they are
+                // not sent: a zone that lost pods is degraded, not small.
                 let mut placement = BTreeMap::new();
                 // Ring hash multiplies locality weight into endpoint weight: per-zone
                 // weights would map one key to different endpoints from different zones.
@@ -189,16 +199,28 @@ impl SnapshotSource {
                     LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
                 );
                 if let (Some(zone), false) = (zone, hashing) {
-                    placement = zone_placement(&set, zone);
+                    placement = zone_placement(&all, zone);
+                }
+                // The version covers what is sent, so a change to a withheld
+                // endpoint alone gives the same version and nothing is pushed.
+                let sent = if unhealthy {
+                    all
+                } else {
+                    EndpointSet::merge(
+                        all.endpoints()
+                            .iter()
+                            .filter(|e| e.health != Health::Unhealthy)
+                            .cloned()
+                            .collect(),
+                    )
+                };
+                let mut opts = ClaOptions::default().with_unhealthy(unhealthy);
+                if !placement.is_empty() {
                     opts = opts.with_placement_map(placement.clone());
                 }
                 (
-                    pack(&cluster_load_assignment(name, &set, &opts)),
-                    format!(
-                        "{}|{}|{placement:?}",
-                        set.version(),
-                        self.config.include_unhealthy
-                    ),
+                    pack(&cluster_load_assignment(name, &sent, &opts)),
+                    format!("{}|{unhealthy}|{placement:?}", sent.version()),
                 )
             }
         };
@@ -285,17 +307,19 @@ pub fn zone_placement(set: &EndpointSet, local: &str) -> BTreeMap<String, (NonZe
 
 impl ResourceSource for SnapshotSource {
     fn get(&self, ty: ResourceType, name: &str, client: &ClientInfo) -> Lookup<Arc<Resource>> {
-        let zone = match ty {
-            ResourceType::ClusterLoadAssignment if self.config.zone_aware => client.zone.clone(),
-            _ => None,
-        };
-        let key = (ty, name.to_owned(), zone);
+        let cla = ty == ResourceType::ClusterLoadAssignment;
+        let zone = client
+            .zone
+            .clone()
+            .filter(|_| cla && self.config.zone_aware);
+        let unhealthy = cla && (self.config.include_unhealthy || client.unhealthy_endpoints);
+        let key = (ty, name.to_owned(), zone, unhealthy);
         if let Ok(cache) = self.cache.lock()
             && let Some(found) = cache.get(&key)
         {
             return Lookup::Found(Arc::clone(found));
         }
-        match self.build(ty, name, key.2.as_deref()) {
+        match self.build(ty, name, key.2.as_deref(), unhealthy) {
             Some(resource) => {
                 let resource = Arc::new(resource);
                 if let Ok(mut cache) = self.cache.lock() {
@@ -379,6 +403,107 @@ mod tests {
         let local = wa / (wa + wb);
         // u_a = 1/4, c_a = 1/2: local share = 0.5.
         assert!((local - 0.5).abs() < 0.01, "local share {local}");
+    }
+
+    /// A source over one Service `echo.demo:8080` with these endpoints.
+    fn source(endpoints: &[(&str, Health)], config: SourceConfig) -> SnapshotSource {
+        let key: ServiceKey = "echo.demo:8080".parse().unwrap();
+        let topology = Topology {
+            snapshot: lb_core::Snapshot::new([(key, set(endpoints))]),
+            services: [(
+                ("demo".to_owned(), "echo".to_owned()),
+                ServiceMeta {
+                    ports: vec![crate::topology::ServicePort {
+                        name: Some("grpc".to_owned()),
+                        port: 8080,
+                    }],
+                    annotations: BTreeMap::new(),
+                },
+            )]
+            .into(),
+        };
+        SnapshotSource::new(Arc::new(topology), config, Arc::new(Metrics::new()))
+    }
+
+    fn cla(source: &SnapshotSource, client: &ClientInfo) -> (proto::resources::ParsedCla, String) {
+        use prost::Message;
+        let Lookup::Found(r) = source.get(
+            ResourceType::ClusterLoadAssignment,
+            "echo.demo:8080",
+            client,
+        ) else {
+            panic!("echo.demo:8080 exists");
+        };
+        let cla = proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+            r.body().value.as_slice(),
+        )
+        .unwrap();
+        (
+            proto::resources::parse_cla(&cla).unwrap(),
+            r.version().to_string(),
+        )
+    }
+
+    #[test]
+    fn withheld_endpoints_still_count_as_zone_capacity() {
+        use Health::{Healthy as H, Unhealthy as U};
+        // Zone a lost 2 of its 3 pods (not ready), b has all 3.
+        let eps = [("a", H), ("a", U), ("a", U), ("b", H), ("b", H), ("b", H)];
+        let src = source(&eps, SourceConfig::default());
+
+        // A stock client in a: only what it can use is sent...
+        let stock = ClientInfo::new("grpc-go", Some("a"));
+        let (parsed, _) = cla(&src, &stock);
+        assert_eq!(parsed.endpoints.len(), 4, "{:?}", parsed.endpoints);
+        assert_eq!(parsed.endpoints.health_counts(), (4, 0, 0));
+        // ...yet a spills half its traffic, as a degraded zone should
+        // (u_a = 1/4, c_a = 1/2), instead of looking small and staying local.
+        let weight = |zone: &str| {
+            let l = parsed.localities.iter().find(|l| l.zone == zone).unwrap();
+            assert_eq!(l.priority, 0, "{zone} takes traffic");
+            f64::from(l.weight.get())
+        };
+        let local = weight("a") / (weight("a") + weight("b"));
+        assert!((local - 0.5).abs() < 0.01, "local share {local}");
+
+        // lb-client asks for the not-serving ones and gets them, UNHEALTHY.
+        let lb = ClientInfo {
+            unhealthy_endpoints: true,
+            ..ClientInfo::new("lb-client", Some("a"))
+        };
+        let (parsed, _) = cla(&src, &lb);
+        assert_eq!(parsed.endpoints.health_counts(), (4, 0, 2));
+
+        // The operator's flag sends them to everyone.
+        let everyone = source(
+            &eps,
+            SourceConfig {
+                include_unhealthy: true,
+                ..SourceConfig::default()
+            },
+        );
+        assert_eq!(
+            cla(&everyone, &stock).0.endpoints.health_counts(),
+            (4, 0, 2)
+        );
+    }
+
+    #[test]
+    fn a_withheld_endpoint_changing_alone_keeps_the_version() {
+        use Health::{Draining as D, Healthy as H, Unhealthy as U};
+        // No client zone, so no placement: what is sent is the same in both
+        // topologies and so must be the version (nothing is pushed).
+        // (`set` numbers addresses by position: the third is the one that changes.)
+        let before = source(&[("a", H), ("b", H), ("a", U)], SourceConfig::default());
+        let after = source(&[("a", H), ("b", H), ("a", D)], SourceConfig::default());
+        let no_zone = ClientInfo::new("n", None);
+        let (b, vb) = cla(&before, &no_zone);
+        let (a, va) = cla(&after, &no_zone);
+        assert_eq!(b.endpoints.len(), 2);
+        assert_eq!(a.endpoints.len(), 3, "the DRAINING endpoint is sent");
+        assert_ne!(vb, va);
+        let still = source(&[("a", H), ("b", H)], SourceConfig::default());
+        assert_eq!(cla(&still, &no_zone).1, vb, "an UNHEALTHY endpoint removed");
     }
 
     #[test]

@@ -192,6 +192,9 @@ impl LbClient {
                 zone,
                 ..Default::default()
             }),
+            // Not-serving endpoints count as zone capacity in lb-core's
+            // spillover; the balancer never picks them.
+            client_features: vec![proto::resources::UNHEALTHY_ENDPOINTS_FEATURE.to_owned()],
             ..Default::default()
         };
         let shared = Arc::new(Shared {

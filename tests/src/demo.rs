@@ -5,7 +5,7 @@
 //! ```text
 //!  namespace demo-*   nodes in zone-a/b/c   Service echo:8080 -> 6 pods (2 per zone)
 //!  backends           fast (1 ms) and slow (15 ms) echo processes on the pod IPs
-//!  eds-server         in-process, --include-unhealthy (a not-ready pod stays visible)
+//!  eds-server         in-process, default flags (a not-ready pod stays visible as UNHEALTHY)
 //!  lb-client side     one LbClient (P2C), `workers` concurrent request loops
 //!  per-connection     `connections` tonic Channels, each pinned to one pod chosen
 //!                     at random (seeded), the same `workers` loops spread over them
@@ -348,7 +348,7 @@ async fn demo(
         }
     }
     let key = format!("echo.{ns_name}:8080");
-    let server = start_server(fleet.ns().cluster(), &ns_name, &["--include-unhealthy"]).await?;
+    let server = start_server(fleet.ns().cluster(), &ns_name, &[]).await?;
     server.wait_ready().await?;
     writeln!(
         out,

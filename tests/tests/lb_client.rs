@@ -290,9 +290,11 @@ async fn zone_affinity_stays_local_and_spills_when_the_zone_loses_most_pods() ->
                 .await?;
         }
     }
-    // Not-ready pods must reach the client (as UNHEALTHY) for it to know
-    // how much of its zone is gone; left out, the zone would just look small.
-    let server = fleet.server_with(&["--include-unhealthy"]).await?;
+    // Default server flags: not-ready pods reach lb-client (as UNHEALTHY)
+    // because it asks for them (the `eds.rs/unhealthy-endpoints` client
+    // feature), so it knows how much of its zone is gone; left out, the zone
+    // would just look small.
+    let server = fleet.server().await?;
     let key = fleet.key();
     let client = LbClient::connect(config(&server, Some("zone-a"), options(Policy::P2c)))?;
     let channel = client.channel(&key)?;

@@ -25,7 +25,11 @@
 //!   `targetPort` per pod and pods with different numbers land in different
 //!   slices;
 //! - `ready` true or nil: HEALTHY; `serving` and `terminating`: DRAINING;
-//!   anything else withheld, or UNHEALTHY when [`IndexConfig::include_unhealthy`].
+//!   anything else UNHEALTHY. The index keeps not-serving endpoints so that
+//!   a zone that lost pods looks degraded rather than small (per-zone
+//!   capacity, DESIGN.md "per-client zone awareness"); whether a client is
+//!   sent them is decided per client when resources are built
+//!   (`crate::source`).
 //!
 //! What it is not: no watcher, no async, no clock. Times that depend on "now"
 //! (the first time an endpoint was seen ready or terminating, used when the
@@ -63,9 +67,6 @@ pub const POD_LABELS_ANNOTATION: &str = "eds.rs/pod-labels";
 /// How the index maps Kubernetes state to endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexConfig {
-    /// Send endpoints that are neither ready nor draining as UNHEALTHY
-    /// instead of leaving them out.
-    pub include_unhealthy: bool,
     /// Pod labels published for every Service, in addition to each Service's
     /// `eds.rs/pod-labels` annotation.
     pub pod_labels: Vec<String>,
@@ -81,7 +82,6 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         Self {
-            include_unhealthy: false,
             pod_labels: Vec::new(),
             watch_pods: false,
             default_drain_grace: Duration::from_secs(30),
@@ -125,14 +125,13 @@ pub struct BuildStats {
     pub services: usize,
     /// Service keys (Service ports) in the topology.
     pub keys: usize,
-    /// Endpoints sent, by health.
+    /// Ready endpoints.
     pub healthy: usize,
-    /// Draining endpoints sent.
+    /// Serving and terminating endpoints.
     pub draining: usize,
-    /// Unhealthy endpoints sent (only with `include_unhealthy`).
+    /// Endpoints neither ready nor draining: kept for zone capacity, sent only
+    /// to clients that ask for them.
     pub unhealthy: usize,
-    /// Endpoints neither ready nor draining, left out.
-    pub withheld: usize,
     /// Addresses that appeared more than once for one key and were merged.
     pub duplicates: usize,
     /// (slice, Service port) pairs where the slice had no port for the
@@ -612,11 +611,7 @@ impl Index {
                         let health = match ep.state {
                             State::Ready => Health::Healthy,
                             State::Draining => Health::Draining,
-                            State::NotServing if self.config.include_unhealthy => Health::Unhealthy,
-                            State::NotServing => {
-                                stats.withheld += 1;
-                                continue;
-                            }
+                            State::NotServing => Health::Unhealthy,
                         };
                         let id = (ep.ip, ep.pod.clone());
                         let seen = seen.and_then(|s| s.get(&id)).copied().unwrap_or_default();

@@ -51,6 +51,9 @@ pub struct ClientInfo {
     pub cluster: String,
     /// `Node.locality.zone`; `None` when absent or empty.
     pub zone: Option<String>,
+    /// The client listed [`proto::resources::UNHEALTHY_ENDPOINTS_FEATURE`] in
+    /// `Node.client_features`: send it not-serving endpoints as UNHEALTHY.
+    pub unhealthy_endpoints: bool,
 }
 
 impl ClientInfo {
@@ -60,6 +63,7 @@ impl ClientInfo {
             node_id: node_id.into(),
             cluster: String::new(),
             zone: zone.filter(|z| !z.is_empty()).map(str::to_owned),
+            unhealthy_endpoints: false,
         }
     }
 
@@ -75,6 +79,10 @@ impl ClientInfo {
                 .map(|l| l.zone.as_str())
                 .filter(|z| !z.is_empty())
                 .map(str::to_owned),
+            unhealthy_endpoints: node
+                .client_features
+                .iter()
+                .any(|f| f == proto::resources::UNHEALTHY_ENDPOINTS_FEATURE),
         }
     }
 }

@@ -48,6 +48,12 @@ pub const CLUSTER_LOAD_ASSIGNMENT_TYPE_URL: &str =
 /// Type URL of the `HttpConnectionManager` packed into a Listener's `api_listener`.
 pub const HTTP_CONNECTION_MANAGER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
+/// The `Node.client_features` entry by which a client asks eds-server for
+/// not-serving endpoints too, as UNHEALTHY. lb-client sends it: it counts
+/// them as zone capacity (so it spills over from a degraded zone) without
+/// picking them. Stock gRPC clients do not, and are sent only what they use.
+pub const UNHEALTHY_ENDPOINTS_FEATURE: &str = "eds.rs/unhealthy-endpoints";
+
 /// The four xDS resource types this project serves, one per service key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {

@@ -20,10 +20,15 @@
 //! supports. Least request is understood by grpc-go, grpc-java and Envoy but
 //! not by the C-core clients (grpcio) or grpc-js, so every list ends in
 //! `round_robin`, which all support; an unsupported *only* entry would make
-//! them NACK the whole CDS response. The legacy `lb_policy` enum is set to the
-//! same choice for clients that predate A52; clients that read
-//! `load_balancing_policy` ignore it (Envoy documents that the field
-//! supersedes `lb_policy`).
+//! them NACK the whole CDS response. Clients that read
+//! `load_balancing_policy` ignore the legacy `lb_policy` enum (Envoy documents
+//! that the field supersedes it), so the enum only serves clients that read
+//! nothing else, such as tonic-xds (0.1 alphas), which accept ROUND_ROBIN and
+//! LEAST_REQUEST and reject the whole Cluster otherwise. It therefore carries
+//! the A52 list's fallback, never a hashing policy: such a client balances
+//! round robin instead of failing every call. The cost is borne only by gRPC
+//! releases from before A52 (2022), which honoured a legacy RING_HASH; they
+//! too fall back to round robin.
 //!
 //! Ring hash uses `XX_HASH` because gRPC accepts no other hash function
 //! (gRFC A42; grpc-go rejects the resource otherwise). Non-hashing policies
@@ -154,16 +159,19 @@ impl LbPolicy {
         }
     }
 
-    /// The legacy `Cluster.lb_policy` value for the same choice: only values
-    /// every gRPC client accepts, because grpc-go validates this enum even
-    /// when `load_balancing_policy` is set and NACKs the Cluster otherwise
-    /// ("unexpected lbPolicy RANDOM"). Random falls back to round robin and
-    /// Maglev to ring hash, as their A52 lists do.
+    /// The legacy `Cluster.lb_policy` value for the same choice, for clients
+    /// that read only this enum: only values every gRPC client accepts,
+    /// because grpc-go validates it even when `load_balancing_policy` is set
+    /// and NACKs the Cluster otherwise ("unexpected lbPolicy RANDOM"), and
+    /// only values the legacy-only clients implement. Random and the hashing
+    /// policies fall back to round robin, as their A52 lists end.
     pub fn legacy_lb_policy(&self) -> cluster::LbPolicy {
         match self {
-            LbPolicy::RoundRobin | LbPolicy::Random => cluster::LbPolicy::RoundRobin,
+            LbPolicy::RoundRobin
+            | LbPolicy::Random
+            | LbPolicy::RingHash { .. }
+            | LbPolicy::Maglev { .. } => cluster::LbPolicy::RoundRobin,
             LbPolicy::LeastRequest => cluster::LbPolicy::LeastRequest,
-            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => cluster::LbPolicy::RingHash,
         }
     }
 
@@ -494,7 +502,7 @@ mod tests {
             (
                 LbPolicy::RingHash { header: None },
                 &["RingHash", "RoundRobin"],
-                Legacy::RingHash,
+                Legacy::RoundRobin,
             ),
             (
                 LbPolicy::Random,
@@ -504,7 +512,7 @@ mod tests {
             (
                 LbPolicy::Maglev { header: None },
                 &["Maglev", "RingHash", "RoundRobin"],
-                Legacy::RingHash,
+                Legacy::RoundRobin,
             ),
         ];
         for (policy, urls, legacy) in cases {

@@ -172,8 +172,9 @@ pub const TONIC_XDS: ClientKind = ClientKind {
         (
             Capability::RingHash,
             "tonic-xds 0.1.0-alpha.4 reads only the legacy Cluster.lb_policy \
-             (ROUND_ROBIN, LEAST_REQUEST), not the gRFC A52 list, and rejects \
-             RING_HASH, so it NACKs a ring-hash Service's Cluster",
+             (ROUND_ROBIN, LEAST_REQUEST), not the gRFC A52 list; eds-server \
+             puts the list's round-robin fallback there, so it ACKs a ring-hash \
+             Service's Cluster and balances round robin, without stickiness",
         ),
     ],
 };

@@ -218,10 +218,7 @@ fn replacements_are_sent_during_a_hold() {
 #[test]
 fn endpoints_turning_unhealthy_count_as_dropped() {
     let clock = Clock::new();
-    let mut ix = Index::new(IndexConfig {
-        include_unhealthy: true,
-        ..IndexConfig::default()
-    });
+    let mut ix = Index::new(IndexConfig::default());
     ix.apply_service(&service("echo"));
     ix.apply_slice(&endpoints("echo", 1, 1..=4, ready), t(1));
     let mut p = publisher();
