@@ -34,20 +34,6 @@ use crate::source::{SourceConfig, SourceProvider};
 use crate::topology;
 use crate::watch::{self as kwatch, Outputs, Scope, WatchStatus};
 
-/// Sets up logging as `--log-format` asks; `RUST_LOG` filters (default `info`).
-pub fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn kube_client(config: &ServerConfig) -> anyhow::Result<kube::Client> {
     let kube_config = match &config.args.kubeconfig {
         Some(path) => {

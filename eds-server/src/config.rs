@@ -104,6 +104,11 @@ pub struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "EDS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://otel-collector:4317).
+    /// Unset: no export. `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` are honoured.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Everything wrong with a command line, reported together.
@@ -147,6 +152,11 @@ impl Args {
             {
                 errors.push(format!("{flag} {}: no such file", path.display()));
             }
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && let Err(why) = crate::telemetry::check_endpoint(endpoint)
+        {
+            errors.push(format!("--otlp-endpoint {endpoint:?}: {why}"));
         }
         if self.xds_addr == self.admin_addr && self.xds_addr.port() != 0 {
             errors.push(format!(

@@ -22,6 +22,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod serve;
 pub mod source;
+pub mod telemetry;
 pub mod topology;
 pub mod watch;
 pub mod xds;

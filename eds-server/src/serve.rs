@@ -50,7 +50,7 @@ use proto::xds::pb::envoy::service::route::v3::route_discovery_service_server::R
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::metrics::{Metrics, Stage};
 use crate::source::SourceProvider;
@@ -174,13 +174,11 @@ impl XdsServices {
         let peer = request.remote_addr();
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(self.0.outbox.max(1));
-        tokio::spawn(run_stream::<SotwStream>(
-            kind,
-            peer,
-            requests,
-            tx,
-            Arc::clone(&self.0),
-        ));
+        let span = stream_span("sotw", kind, peer);
+        tokio::spawn(
+            run_stream::<SotwStream>(kind, peer, requests, tx, Arc::clone(&self.0))
+                .instrument(span),
+        );
         Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 
@@ -192,13 +190,11 @@ impl XdsServices {
         let peer = request.remote_addr();
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(self.0.outbox.max(1));
-        tokio::spawn(run_stream::<DeltaStream>(
-            kind,
-            peer,
-            requests,
-            tx,
-            Arc::clone(&self.0),
-        ));
+        let span = stream_span("delta", kind, peer);
+        tokio::spawn(
+            run_stream::<DeltaStream>(kind, peer, requests, tx, Arc::clone(&self.0))
+                .instrument(span),
+        );
         Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }
@@ -388,6 +384,21 @@ impl Latency {
 
 /// One stream, SotW or delta, until the client leaves, a request is
 /// invalid, or the server shuts down.
+/// The span a stream's task runs in: its logs (NACKs, errors) carry the
+/// peer and protocol, and with OTLP export each stream is one span.
+fn stream_span(
+    protocol: &'static str,
+    kind: StreamKind,
+    peer: Option<SocketAddr>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "xds_stream",
+        protocol,
+        kind = protocol_name(kind),
+        peer = peer.map(tracing::field::display),
+    )
+}
+
 async fn run_stream<M: Machine>(
     kind: StreamKind,
     peer: Option<SocketAddr>,

@@ -297,6 +297,17 @@ pub async fn run(
             publisher.on_change(Instant::now());
         }
         let mut built = false;
+        // One span per build: in traces (OTLP), how long builds take, whether
+        // they were published, and how long the oldest change had waited.
+        let span = tracing::info_span!(
+            "build_topology",
+            first = first_publish,
+            published = false,
+            version = tracing::field::Empty,
+            keys = tracing::field::Empty,
+            waited_ms = first_change.map(|t| t.elapsed().as_secs_f64() * 1e3),
+        );
+        let _in_span = span.enter();
         let published = publisher.poll_with(Instant::now(), || {
             let started = Instant::now();
             let topology = index.topology();
@@ -309,6 +320,9 @@ pub async fn run(
             // pending any more.
             let first_change = first_change.take().filter(|_| !first_publish);
             if let Some(topology) = published {
+                span.record("published", true);
+                span.record("version", topology.snapshot.version().to_string());
+                span.record("keys", topology.snapshot.services().len());
                 info!(
                     version = %topology.snapshot.version(),
                     keys = topology.snapshot.services().len(),

@@ -843,7 +843,10 @@ impl Suite {
                 .into_iter()
                 .collect();
             f.check_unless(lacking, differ.is_empty(), || {
-                format!("clients in different zones hash keys to different pods: {differ:?}")
+                format!(
+                    "clients in different zones hash keys to different pods: {}",
+                    sample(&differ)
+                )
             });
             f.notes.push(
                 "hashing Services get no per-zone shaping (a key must map to one pod for \
@@ -876,7 +879,8 @@ impl Suite {
             .collect();
         f.check_unless(lacking, split.is_empty() && !per_key.is_empty(), || {
             format!(
-                "keys not sticking to one backend: {split:?} ({} keys answered)",
+                "keys not sticking to one backend: {} ({} keys answered)",
+                sample(&split),
                 per_key.len()
             )
         });
@@ -1142,4 +1146,14 @@ pub async fn run_suite(kind: &'static ClientKind) -> anyhow::Result<ClientReport
             .join("\n")
     );
     Ok(report)
+}
+
+/// The first few of `items` and how many there are: enough to see the
+/// pattern in a report line without printing every key.
+fn sample(items: &[String]) -> String {
+    const SHOWN: usize = 3;
+    if items.len() <= SHOWN {
+        return format!("{items:?}");
+    }
+    format!("{:?} and {} more", &items[..SHOWN], items.len() - SHOWN)
 }
