@@ -7,5 +7,6 @@
 //! `docs/benchmarks.md` from their JSON. This crate is not a test: nothing in
 //! it asserts a timing.
 
+pub mod command;
 pub mod machine;
 pub mod report;

@@ -153,7 +153,10 @@ pub async fn run_until(
                 Arc::clone(&clients),
             )))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // Nagle off: tonic applies `tcp_nodelay` only to listeners it
+                // binds itself, and a small push held behind a delayed ACK
+                // would wait tens of milliseconds.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
                     let _ = xds_shutdown.wait_for(|s| *s).await;
                 },

@@ -63,7 +63,9 @@ pub struct Args {
     #[arg(long, env = "EDS_INCLUDE_UNHEALTHY")]
     pub include_unhealthy: bool,
 
-    /// Kubernetes events within this window are coalesced into one push (e.g. 100ms, 1s).
+    /// Least time between two pushes (e.g. 100ms, 1s): a change after a quiet
+    /// window is pushed at once; changes within the window after a push are
+    /// coalesced into one push when it ends.
     #[arg(long, env = "EDS_COALESCE_WINDOW", default_value = "100ms", value_parser = parse_duration)]
     pub coalesce_window: Duration,
 

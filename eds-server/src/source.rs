@@ -38,6 +38,7 @@ use tracing::warn;
 use crate::metrics::Metrics;
 use crate::topology::{ServiceMeta, Topology};
 use crate::xds::{ClientInfo, Lookup, Resource, ResourceSource, ResourceType, ResourceVersion};
+use proto::xds::pb::google::protobuf::Any;
 
 /// Settings that shape resources.
 #[derive(Debug, Clone)]
@@ -91,12 +92,21 @@ impl SourceProvider {
         };
         match &*current {
             Some(s) if Arc::ptr_eq(&s.topology, &topology) => Arc::clone(s) as _,
-            _ => {
-                let fresh = Arc::new(SnapshotSource::new(
-                    topology,
-                    self.config.clone(),
-                    Arc::clone(&self.metrics),
-                ));
+            previous => {
+                let fresh =
+                    SnapshotSource::new(topology, self.config.clone(), Arc::clone(&self.metrics));
+                // Unchanged resources are taken from the previous topology's
+                // encodings instead of encoded again. One generation back only:
+                // the previous source lets go of its own predecessor.
+                if let Some(prev) = previous {
+                    if let Ok(mut older) = prev.previous.lock() {
+                        *older = None;
+                    }
+                    if let Ok(mut mine) = fresh.previous.lock() {
+                        *mine = Some(Arc::clone(prev));
+                    }
+                }
+                let fresh = Arc::new(fresh);
                 *current = Some(Arc::clone(&fresh));
                 fresh
             }
@@ -130,6 +140,9 @@ pub struct SnapshotSource {
     config: SourceConfig,
     metrics: Arc<Metrics>,
     cache: Mutex<HashMap<CacheKey, Arc<Resource>>>,
+    /// The source of the topology published before this one, whose cached
+    /// resources are reused when their version is unchanged.
+    previous: Mutex<Option<Arc<SnapshotSource>>>,
     /// Names already logged as missing in this topology: a client that keeps
     /// asking gets one log line per topology, not one per request.
     missing: Mutex<std::collections::HashSet<(ResourceType, String)>>,
@@ -143,6 +156,7 @@ impl SnapshotSource {
             config,
             metrics,
             cache: Mutex::new(HashMap::new()),
+            previous: Mutex::new(None),
             missing: Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -158,29 +172,28 @@ impl SnapshotSource {
         }
     }
 
-    fn build(
-        &self,
-        ty: ResourceType,
-        name: &str,
-        zone: Option<&str>,
-        unhealthy: bool,
-    ) -> Option<Resource> {
-        let key: ServiceKey = name.parse().ok()?;
-        let canonical = self.topology.resolve(&key)?;
-        let meta = self.topology.service(&key)?;
+    /// The resource named `name` as this client shape sees it. Its version
+    /// is computed from what it is made of before anything is encoded, so an
+    /// unchanged resource is taken from the previous topology's cache.
+    fn build(&self, key: &CacheKey) -> Option<Arc<Resource>> {
+        let (ty, name, zone, unhealthy) = (key.0, key.1.as_str(), key.2.as_deref(), key.3);
+        let service: ServiceKey = name.parse().ok()?;
+        let canonical = self.topology.resolve(&service)?;
+        let meta = self.topology.service(&service)?;
         // The version hashes what the body is made of, never its bytes:
         // prost encodes protobuf maps (endpoint metadata) in hash order, so
         // bytes differ between processes for the same content.
-        let (body, recipe) = match ty {
-            ResourceType::Listener => (pack(&listener(name)), String::new()),
+        let (recipe, encode): (String, Box<dyn FnOnce() -> Any + '_>) = match ty {
+            ResourceType::Listener => (String::new(), Box::new(|| pack(&listener(name)))),
             ResourceType::RouteConfiguration | ResourceType::Cluster => {
                 let policy = self.policy(meta, &canonical);
-                let body = if ty == ResourceType::Cluster {
-                    pack(&cluster(name, &policy))
+                let recipe = format!("{policy:?}");
+                let encode: Box<dyn FnOnce() -> Any + '_> = if ty == ResourceType::Cluster {
+                    Box::new(move || pack(&cluster(name, &policy)))
                 } else {
-                    pack(&route_configuration(name, &policy))
+                    Box::new(move || pack(&route_configuration(name, &policy)))
                 };
-                (body, format!("{policy:?}"))
+                (recipe, encode)
             }
             ResourceType::ClusterLoadAssignment => {
                 let all = self
@@ -203,7 +216,7 @@ impl SnapshotSource {
                 }
                 // The version covers what is sent, so a change to a withheld
                 // endpoint alone gives the same version and nothing is pushed.
-                let sent = if unhealthy {
+                let sent = if unhealthy || all.health_counts().2 == 0 {
                     all
                 } else {
                     EndpointSet::merge(
@@ -214,21 +227,35 @@ impl SnapshotSource {
                             .collect(),
                     )
                 };
-                let mut opts = ClaOptions::default().with_unhealthy(unhealthy);
-                if !placement.is_empty() {
-                    opts = opts.with_placement_map(placement.clone());
-                }
-                (
-                    pack(&cluster_load_assignment(name, &sent, &opts)),
-                    format!("{}|{unhealthy}|{placement:?}", sent.version()),
-                )
+                let recipe = format!("{}|{unhealthy}|{placement:?}", sent.version());
+                let encode = move || {
+                    let mut opts = ClaOptions::default().with_unhealthy(unhealthy);
+                    if !placement.is_empty() {
+                        opts = opts.with_placement_map(placement);
+                    }
+                    pack(&cluster_load_assignment(name, &sent, &opts))
+                };
+                (recipe, Box::new(encode))
             }
         };
-        let version = format!(
+        let version = ResourceVersion::new(&format!(
             "{:016x}",
             lb_core::rng::hash_bytes(format!("{}|{name}|{recipe}", ty.short_name()).as_bytes())
-        );
-        Some(Resource::new(name, ResourceVersion::new(&version), body))
+        ));
+        if let Some(reused) = self.reusable(key, &version) {
+            return Some(reused);
+        }
+        Some(Arc::new(Resource::new(name, version, encode())))
+    }
+
+    /// The previous topology's resource for `key`, if it has this version.
+    fn reusable(&self, key: &CacheKey, version: &ResourceVersion) -> Option<Arc<Resource>> {
+        let previous = self.previous.lock().ok()?.clone()?;
+        let cache = previous.cache.lock().ok()?;
+        cache
+            .get(key)
+            .filter(|r| r.version() == version)
+            .map(Arc::clone)
     }
 
     fn policy(&self, meta: &ServiceMeta, key: &ServiceKey) -> LbPolicy {
@@ -319,9 +346,8 @@ impl ResourceSource for SnapshotSource {
         {
             return Lookup::Found(Arc::clone(found));
         }
-        match self.build(ty, name, key.2.as_deref(), unhealthy) {
+        match self.build(&key) {
             Some(resource) => {
-                let resource = Arc::new(resource);
                 if let Ok(mut cache) = self.cache.lock() {
                     cache.insert(key, Arc::clone(&resource));
                 }

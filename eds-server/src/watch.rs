@@ -288,10 +288,22 @@ pub async fn run(
             .filter(|s| !matches!(s, Source::Pods(_)))
             .count()
             >= required;
-        if !all_synced {
+        let first_publish = publisher.published().is_none();
+        // When Pods are watched, the first topology also waits for their
+        // list: published earlier, it would carry first-seen `ready_since`
+        // times that differ between replicas, then change once Pods arrive.
+        // Later restarts of the Pod watch (new labels) do not hold anything.
+        let pods_pending = first_publish
+            && pod_watches.as_ref().is_some_and(|w| {
+                synced
+                    .iter()
+                    .filter(|s| matches!(s, Source::Pods(_)))
+                    .count()
+                    < w.len()
+            });
+        if !all_synced || pods_pending {
             continue;
         }
-        let first_publish = publisher.published().is_none();
         if first_publish && publisher.next_deadline().is_none() {
             // Everything listed but nothing changed since: publish the (possibly empty) first state.
             publisher.on_change(Instant::now());

@@ -152,7 +152,7 @@ async fn send(
                 }
             }
             Ok(mut sender) => {
-                set_authority(&mut request, handle.address());
+                handle.set_uri(&mut request);
                 let started = Instant::now();
                 match sender.try_send_request(request).await {
                     Ok(response) => return Ok(track(response, claim, started)),
@@ -184,22 +184,6 @@ async fn send(
         tracing::debug!(service = %pool.name, attempt, error = %error, "request never sent; retrying on another endpoint");
         pool.metrics().retry(&pool.name);
         attempt += 1;
-    }
-}
-
-/// HTTP/2 needs scheme and authority; tonic gives only the path.
-fn set_authority(request: &mut http::Request<Body>, address: std::net::SocketAddr) {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), ToString::to_string);
-    if let Ok(uri) = http::Uri::builder()
-        .scheme("http")
-        .authority(address.to_string())
-        .path_and_query(path)
-        .build()
-    {
-        *request.uri_mut() = uri;
     }
 }
 

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,6 +59,9 @@ pub enum Source {
 pub(crate) struct EndpointHandle {
     pub(crate) endpoint: Endpoint,
     pub(crate) conn: Arc<Connection>,
+    /// `host:port` for the request URI, built once here rather than
+    /// formatted and parsed again for every request.
+    pub(crate) authority: http::uri::Authority,
     stats: Arc<Stats>,
     counters: Arc<EndpointCounters>,
 }
@@ -81,6 +84,7 @@ impl EndpointHandle {
         let initial = Duration::from_millis(10);
         Self {
             conn: Arc::new(Connection::new(endpoint.address, connect_timeout)),
+            authority: authority_of(endpoint.address),
             counters: Arc::new(counters),
             endpoint,
             stats: Arc::new(Stats {
@@ -96,6 +100,24 @@ impl EndpointHandle {
 
     pub(crate) fn address(&self) -> SocketAddr {
         self.endpoint.address
+    }
+
+    /// Builds the request URI for this endpoint from the request's path,
+    /// reusing the path's bytes (HTTP/2 needs scheme and authority; tonic
+    /// gives only the path).
+    pub(crate) fn set_uri<B>(&self, request: &mut http::Request<B>) {
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        // Scheme, authority and path are all set, the only combination
+        // `from_parts` checks for, so this cannot fail; keep the old URI's
+        // parts out of it anyway rather than panic on a request path.
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
     }
 
     pub(crate) fn in_flight(&self) -> u32 {
@@ -114,6 +136,13 @@ impl EndpointHandle {
     fn latency(&self) -> f64 {
         f64::from_bits(self.stats.ewma_bits.load(Ordering::Relaxed))
     }
+}
+
+/// `ip:port` (IPv6 in brackets) as a URI authority. A socket address always
+/// prints as a valid authority, so the fallback is unreachable in practice.
+fn authority_of(address: SocketAddr) -> http::uri::Authority {
+    http::uri::Authority::try_from(address.to_string())
+        .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
 }
 
 /// Lends the handles' counters to lb-core pickers.
@@ -203,6 +232,9 @@ pub(crate) struct ServicePool {
     epoch: Instant,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
+    /// Whether the endpoint set is non-empty: every request asks, so it is
+    /// kept outside the lock.
+    has_endpoints: AtomicBool,
     total_in_flight: AtomicU64,
     /// Bumped on every endpoint change; requests waiting for a first
     /// endpoint watch it.
@@ -255,6 +287,7 @@ impl ServicePool {
                 rng: SmallRng::seed_from_u64(seed),
                 recent: VecDeque::with_capacity(RECENT_PICKS),
             }),
+            has_endpoints: AtomicBool::new(false),
             total_in_flight: AtomicU64::new(0),
             generation: watch::Sender::new(0),
         })
@@ -279,7 +312,9 @@ impl ServicePool {
     }
 
     pub(crate) fn has_endpoints(&self) -> bool {
-        !self.lock().set.is_empty()
+        // Acquire pairs with the Release in `update`: a request that sees
+        // endpoints also sees the handles stored before the flag.
+        self.has_endpoints.load(Ordering::Acquire)
     }
 
     pub(crate) fn generation(&self) -> watch::Receiver<u64> {
@@ -302,6 +337,7 @@ impl ServicePool {
                 Some(h) => Arc::new(EndpointHandle {
                     endpoint: e.clone(),
                     conn: h.conn.clone(),
+                    authority: h.authority.clone(),
                     stats: h.stats.clone(),
                     counters: h.counters.clone(),
                 }),
@@ -324,6 +360,7 @@ impl ServicePool {
         inner.outlier.set_members(addresses.iter());
         inner.balancer.set_endpoints(&set, SystemTime::now());
         inner.handles = handles;
+        self.has_endpoints.store(!set.is_empty(), Ordering::Release);
         inner.set = set;
         inner.source = source;
         inner.version = version;
@@ -554,4 +591,46 @@ pub struct EndpointDebug {
     pub connected: bool,
     /// The last connect failed moments ago.
     pub connection_down: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_uri_gets_scheme_and_the_endpoints_authority() {
+        let metrics = Metrics::new();
+        for address in ["10.1.2.3:8080", "[fd00::7]:50051"] {
+            let address: SocketAddr = address.parse().unwrap();
+            let handle = EndpointHandle::new(
+                Endpoint::new(address),
+                Duration::from_secs(1),
+                metrics.endpoint("echo.demo:8080", address),
+            );
+            let mut request = http::Request::new(());
+            *request.uri_mut() = "/eds.echo.v1.Echo/Echo?x=1".parse().unwrap();
+            handle.set_uri(&mut request);
+            assert_eq!(
+                request.uri().to_string(),
+                format!("http://{address}/eds.echo.v1.Echo/Echo?x=1")
+            );
+            // A retry on another endpoint replaces the authority of an absolute URI.
+            let other: SocketAddr = "10.9.9.9:80".parse().unwrap();
+            let second = EndpointHandle::new(
+                Endpoint::new(other),
+                Duration::from_secs(1),
+                metrics.endpoint("echo.demo:8080", other),
+            );
+            second.set_uri(&mut request);
+            assert_eq!(
+                request.uri().to_string(),
+                "http://10.9.9.9:80/eds.echo.v1.Echo/Echo?x=1"
+            );
+            let mut bare = http::Request::new(());
+            *bare.uri_mut() = http::Uri::default();
+            handle.set_uri(&mut bare);
+            assert_eq!(bare.uri().path(), "/");
+            assert_eq!(bare.uri().authority(), Some(&handle.authority));
+        }
+    }
 }

@@ -34,8 +34,9 @@
 //! (`set_endpoints`, `refresh`), in-flight accounting after the pick,
 //! connection handling, or contention between threads (picks here run on
 //! one thread). Allocation-freedom is checked by `tests/zero_alloc.rs`, not
-//! here; instruction counts come from `benches/pick_instructions.rs` under
-//! callgrind.
+//! here; instruction counts under callgrind, next to wall and CPU time per
+//! pick over repeated rounds, come from the suite's `picker` program
+//! (`cargo xtask bench picker`, source in `bench/src/bin/picker.rs`).
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};

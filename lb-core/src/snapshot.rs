@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -58,9 +59,12 @@ impl serde::Serialize for Version {
 }
 
 /// The endpoints of one service port: sorted by address, each address once.
+///
+/// Immutable once built, and shared: cloning is a reference count, so
+/// successive snapshots that did not touch a service hold the same memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSet {
-    endpoints: Vec<Endpoint>,
+    endpoints: Arc<[Endpoint]>,
     version: Version,
 }
 
@@ -81,7 +85,10 @@ impl EndpointSet {
         endpoints.sort_by_key(|e| (e.address, e.health));
         endpoints.dedup_by(|later, kept| later.address == kept.address);
         let version = Self::hash(&endpoints);
-        Self { endpoints, version }
+        Self {
+            endpoints: endpoints.into(),
+            version,
+        }
     }
 
     /// The endpoints, sorted by address.
@@ -118,7 +125,7 @@ impl EndpointSet {
     /// left out: an empty locality is not allowed on the wire (gRFC A27).
     pub fn localities(&self) -> Vec<(Locality, Vec<&Endpoint>)> {
         let mut by_zone: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
-        for e in &self.endpoints {
+        for e in self.endpoints.iter() {
             if e.health != Health::Unhealthy {
                 by_zone.entry(e.zone_or_empty()).or_default().push(e);
             }

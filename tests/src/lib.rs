@@ -19,6 +19,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod gobuild;
 pub mod harness;
 pub mod interop;
 pub mod netns;

@@ -145,7 +145,16 @@ async fn serves_live_endpoints_over_sotw_ads() -> anyhow::Result<()> {
     assert_eq!(code, 200, "{body}");
     let view: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(view["canonical"], numeric.as_str());
-    assert_eq!(view["endpoints"].as_array().map(Vec::len), Some(1));
+    // The view is the index: the not-ready pod is kept as UNHEALTHY (zone
+    // capacity) though no stock client is sent it.
+    let mut healths: Vec<&str> = view["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["health"].as_str())
+        .collect();
+    healths.sort_unstable();
+    assert_eq!(healths, ["HEALTHY", "UNHEALTHY"], "{body}");
     let (code, body) = http_get(server.admin, "/debug/clients").await?;
     assert_eq!(code, 200);
     assert!(body.contains("test-node"), "{body}");

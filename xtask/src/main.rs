@@ -3,11 +3,13 @@
 //! Each subcommand lives in its own module; this file only parses the command
 //! line and dispatches. It is not a build system: cargo builds, xtask orchestrates.
 
+mod bench;
 mod cluster;
 mod demo;
 mod e2e;
 mod interop;
 mod simulate;
+mod svg;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the benchmark suite (ours against each peer), print the figures and regenerate docs/benchmarks.md.
+    Bench(bench::Args),
     /// Build, start, stop and inspect the local Kubernetes control plane.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -38,6 +42,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Bench(args) => bench::run(args),
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::E2e(args) => e2e::run(args),

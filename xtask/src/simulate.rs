@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow};
 use lb_core::sim::{self, CostModel, LoadView, Report, SimConfig, SimPolicy};
 
+use crate::svg::{self, PALETTE, esc, wrap};
+
 fn defaults() -> SimConfig {
     SimConfig::default()
 }
@@ -252,35 +254,6 @@ fn table(report: &Report) -> String {
     out
 }
 
-/// Greedy word wrap at `width` characters (at least one word per line).
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut line = String::new();
-    for word in text.split(' ') {
-        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
-            lines.push(std::mem::take(&mut line));
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
-    }
-    lines.push(line);
-    lines
-}
-
-/// Minimal XML escaping for text nodes and attribute values.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-const ZONE_COLOURS: [&str; 6] = [
-    "#4e79a7", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948",
-];
-
 /// Per-backend utilisation, one panel per policy, all on the same scale so
 /// panels compare at a glance; a dashed red line marks 100%.
 fn svg(report: &Report) -> String {
@@ -318,18 +291,13 @@ fn svg(report: &Report) -> String {
     };
     let colour = |zone: &str| {
         let i = zones.iter().position(|z| *z == zone).unwrap_or(0);
-        ZONE_COLOURS[i % ZONE_COLOURS.len()]
+        PALETTE[i % PALETTE.len()]
     };
 
-    let mut s = String::new();
+    let mut s = svg::open(width, height);
     let _ = writeln!(
         s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="12">"##
-    );
-    let _ = writeln!(
-        s,
-        r##"<rect width="100%" height="100%" fill="white"/>
-<text x="{LEFT}" y="20" font-size="14" font-weight="bold">Per-backend utilisation by policy</text>"##
+        r##"<text x="{LEFT}" y="20" font-size="14" font-weight="bold">Per-backend utilisation by policy</text>"##
     );
     for (i, line) in description.iter().enumerate() {
         let _ = writeln!(

@@ -1,7 +1,8 @@
 //! A synthetic cluster for the scale figures of issue 4: 10,000 Services and
 //! their EndpointSlices, 100,000 endpoints over three zones, shared by
-//! `benches/snapshot.rs` and `examples/scale_rss.rs` (both include this file
-//! with `#[path]`).
+//! `benches/snapshot.rs`, `examples/scale_rss.rs` and eds-bench's `scale`
+//! program (all include this file with `#[path]`), which also builds it at
+//! other sizes ([`generate_for`], [`for_each_service`]).
 //!
 //! The objects look like what the API server sends after eds-server's
 //! watcher strips `managedFields`: uid, resourceVersion, creation time,
@@ -49,17 +50,30 @@ pub(crate) const MAX_PER_SLICE: usize = 100;
 
 /// Endpoints per Service, in Service order; sums to [`ENDPOINTS`].
 pub(crate) fn sizes() -> Vec<usize> {
-    // 11 sizes summing to 90: 9,900 Services take 81,000 endpoints.
-    const CYCLE: [usize; 11] = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 24];
-    let sizes: Vec<usize> = (0..SERVICES)
-        .map(|i| match i {
-            0..10 => BIG,
-            10..100 => 100,
-            _ => CYCLE[i % CYCLE.len()],
-        })
-        .collect();
+    let sizes = sizes_for(SERVICES);
     assert_eq!(sizes.iter().sum::<usize>(), ENDPOINTS);
     sizes
+}
+
+/// Endpoints per Service for a cluster of `services` Services with the
+/// same shape scaled down or up: a thousandth of them at [`BIG`], a
+/// hundredth at 100, the rest cycling 1..24. For a multiple of 1,000
+/// Services that is ten endpoints per Service on average.
+pub(crate) fn sizes_for(services: usize) -> Vec<usize> {
+    // 11 sizes summing to 90: 9,900 Services take 81,000 endpoints.
+    const CYCLE: [usize; 11] = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 24];
+    let (big, hundred) = (services / 1000, services / 100);
+    (0..services)
+        .map(|i| {
+            if i < big {
+                BIG
+            } else if i < hundred {
+                100
+            } else {
+                CYCLE[i % CYCLE.len()]
+            }
+        })
+        .collect()
 }
 
 /// Namespace and name of Service `i`.
@@ -236,10 +250,31 @@ fn slice(i: usize, n: usize, target: i32, endpoints: Vec<Endpoint>) -> EndpointS
 
 /// Builds every object. Deterministic: the same call gives the same objects.
 pub(crate) fn generate() -> Cluster {
-    let sizes = sizes();
-    let services = (0..SERVICES).map(service).collect();
-    let mut slices = Vec::new();
+    let cluster = generate_for(SERVICES);
+    assert_eq!(sizes().len(), cluster.services.len());
+    cluster
+}
+
+/// Builds every object of a cluster of `services` Services (see [`sizes_for`]).
+pub(crate) fn generate_for(services: usize) -> Cluster {
+    let mut cluster = Cluster {
+        services: Vec::with_capacity(services),
+        slices: Vec::new(),
+    };
+    for_each_service(services, |svc, slices| {
+        cluster.services.push(svc);
+        cluster.slices.extend(slices);
+    });
+    cluster
+}
+
+/// Hands each Service with its EndpointSlices to `f`, one at a time, in
+/// Service order, so a caller can feed an index the way a watch stream does
+/// without ever holding every object.
+pub(crate) fn for_each_service(services: usize, mut f: impl FnMut(Service, Vec<EndpointSlice>)) {
+    let sizes = sizes_for(services);
     let mut global = 0;
+    let mut n = 0;
     for (i, &size) in sizes.iter().enumerate() {
         let (ns, name) = service_name(i);
         let endpoints: Vec<Endpoint> = (global..global + size)
@@ -249,14 +284,15 @@ pub(crate) fn generate() -> Cluster {
         // Mid-rollout Services: the second half of the pods serve another port.
         let split = if i % 10 == 0 { size / 2 } else { size };
         let (old, new) = endpoints.split_at(split);
+        let mut slices = Vec::new();
         for (target, group) in [(50051, old), (50052, new)] {
             for chunk in group.chunks(MAX_PER_SLICE) {
-                let n = slices.len();
                 slices.push(slice(i, n, target, chunk.to_vec()));
+                n += 1;
             }
         }
+        f(service(i), slices);
     }
-    Cluster { services, slices }
 }
 
 /// Feeds every object to `index` as the watcher does after its initial lists.
@@ -283,8 +319,14 @@ pub(crate) fn one_pod_change(cluster: &Cluster) -> [EndpointSlice; 2] {
                 .and_then(|l| l.get("kubernetes.io/service-name"))
                 == Some(&name)
         })
-        .expect("Service 0 has slices")
-        .clone();
+        .expect("Service 0 has slices");
+    one_pod_change_of(original)
+}
+
+/// `original` in two versions that differ in its first pod's readiness:
+/// `[changed, original]`.
+pub(crate) fn one_pod_change_of(original: &EndpointSlice) -> [EndpointSlice; 2] {
+    let original = original.clone();
     let mut changed = original.clone();
     if let Some(ep) = changed.endpoints.as_mut().and_then(|e| e.first_mut()) {
         ep.conditions = Some(EndpointConditions {

@@ -141,6 +141,20 @@ pub struct BuildStats {
     pub services_without_slices: usize,
 }
 
+impl BuildStats {
+    /// Adds another build's (one Service's) counts to these.
+    fn add(&mut self, other: &BuildStats) {
+        self.services += other.services;
+        self.keys += other.keys;
+        self.healthy += other.healthy;
+        self.draining += other.draining;
+        self.unhealthy += other.unhealthy;
+        self.duplicates += other.duplicates;
+        self.unmatched_slice_ports += other.unmatched_slice_ports;
+        self.services_without_slices += other.services_without_slices;
+    }
+}
+
 type ObjKey = (String, String);
 
 /// The port protocol when none is given, as the API server defaults it.
@@ -204,7 +218,8 @@ enum State {
 struct PodRec {
     /// Only the labels some Service wants (see `Index::wanted_labels`).
     labels: BTreeMap<String, String>,
-    /// `lastTransitionTime` of the Ready condition while it is True.
+    /// `lastTransitionTime` of the Ready condition while it is True; after it
+    /// turns False, the last such time is kept (see [`Index::apply_pod`]).
     ready_since: Option<SystemTime>,
     /// `deletionTimestamp`: the API server sets it to the deletion request
     /// time plus the grace period, so it already is the drain deadline.
@@ -259,6 +274,46 @@ pub struct Index {
     wanted_labels: BTreeSet<String>,
     pod_resync: bool,
     stats: IndexStats,
+    /// What the last build produced per Service, and what changed since.
+    built: Built,
+}
+
+/// The last build's output per Service, reused for Services nothing touched
+/// since: one change costs one Service's rebuild, not the whole cluster's,
+/// and unchanged endpoint sets are shared between successive topologies
+/// (an [`EndpointSet`] clone is a reference count), so a push does not hold
+/// two copies of the cluster.
+///
+/// Invalidation is by marking, in every mutator: the Service's own key for
+/// Service and slice changes (first-seen times live with the slices), its
+/// namespace for Pod changes, everything for resets and for a change of the
+/// wanted pod labels. Tests compare every build with one from scratch.
+#[derive(Debug, Default)]
+struct BuildCache {
+    groups: BTreeMap<ObjKey, BuiltGroup>,
+    dirty: BTreeSet<ObjKey>,
+    dirty_namespaces: BTreeSet<String>,
+    dirty_all: bool,
+}
+
+/// The cache behind a lock, so that building takes `&self`.
+#[derive(Debug, Default)]
+struct Built(std::sync::Mutex<BuildCache>);
+
+impl Clone for Built {
+    /// A cloned index starts with an empty cache: it builds everything once.
+    fn clone(&self) -> Self {
+        Built::default()
+    }
+}
+
+/// One Service's share of a build.
+#[derive(Debug, Clone)]
+struct BuiltGroup {
+    /// `None` when the Service is left out (no selector and no slices).
+    meta: Option<ServiceMeta>,
+    sets: Vec<(ServiceKey, EndpointSet)>,
+    stats: BuildStats,
 }
 
 impl Index {
@@ -281,6 +336,28 @@ impl Index {
             wanted_labels,
             pod_resync: false,
             stats: IndexStats::default(),
+            built: Built::default(),
+        }
+    }
+
+    /// Marks one Service for rebuilding.
+    fn touch(&mut self, key: &ObjKey) {
+        if let Ok(cache) = self.built.0.get_mut() {
+            cache.dirty.insert(key.clone());
+        }
+    }
+
+    /// Marks every Service of a namespace for rebuilding (its Pods changed).
+    fn touch_namespace(&mut self, ns: &str) {
+        if let Ok(cache) = self.built.0.get_mut() {
+            cache.dirty_namespaces.insert(ns.to_owned());
+        }
+    }
+
+    /// Marks everything for rebuilding.
+    fn touch_all(&mut self) {
+        if let Ok(cache) = self.built.0.get_mut() {
+            cache.dirty_all = true;
         }
     }
 
@@ -302,13 +379,14 @@ impl Index {
             return false;
         };
         let changed = match parse_service(&key, svc, &mut self.stats) {
-            Ok(rec) => insert_if_changed(&mut self.services, key, rec),
+            Ok(rec) => insert_if_changed(&mut self.services, key.clone(), rec),
             Err(why) => {
                 self.count(&why);
                 self.services.remove(&key).is_some()
             }
         };
         if changed {
+            self.touch(&key);
             self.refresh_wanted_labels();
         }
         changed
@@ -323,6 +401,7 @@ impl Index {
         };
         let changed = self.services.remove(&key).is_some();
         if changed {
+            self.touch(&key);
             self.refresh_wanted_labels();
         }
         changed
@@ -346,6 +425,7 @@ impl Index {
         let changed = fresh != self.services;
         self.services = fresh;
         if changed {
+            self.touch_all();
             self.refresh_wanted_labels();
         }
         changed
@@ -374,6 +454,9 @@ impl Index {
                 changed |= insert_if_changed(group, name.clone(), rec);
                 self.slice_owner.insert((ns, name), service);
                 changed |= self.refresh_seen(&group_key, now);
+                if changed {
+                    self.touch(&group_key);
+                }
                 changed
             }
             Err(why) => {
@@ -428,6 +511,9 @@ impl Index {
         for key in &touched {
             changed |= self.refresh_seen(key, now);
         }
+        if changed {
+            self.touch_all();
+        }
         changed
     }
 
@@ -444,6 +530,9 @@ impl Index {
             }
         }
         changed |= self.refresh_seen(&group_key, now);
+        if changed {
+            self.touch(&group_key);
+        }
         changed
     }
 
@@ -519,8 +608,24 @@ impl Index {
         let Some((ns, name)) = self.object_key(&pod.metadata, "Pod") else {
             return false;
         };
-        let rec = parse_pod(pod, &self.wanted_labels);
-        insert_if_changed(self.pods.entry(ns).or_default(), name, rec)
+        let mut rec = parse_pod(pod, &self.wanted_labels);
+        let pods = self.pods.entry(ns.clone()).or_default();
+        // A Pod's Ready=False usually arrives before the EndpointSlice that
+        // withdraws it. Dropping its ready time then would change the still
+        // ready endpoint's `ready_since` and push a metadata-only update that
+        // opens a coalescing window just before the real change (measured:
+        // +100 ms to every not-ready propagation). Keep the last ready time;
+        // the slice decides health, and a Pod ready again gets a new time.
+        if rec.ready_since.is_none()
+            && let Some(old) = pods.get(&name)
+        {
+            rec.ready_since = old.ready_since;
+        }
+        let changed = insert_if_changed(pods, name, rec);
+        if changed {
+            self.touch_namespace(&ns);
+        }
+        changed
     }
 
     /// A Pod was deleted.
@@ -534,6 +639,9 @@ impl Index {
         let changed = pods.remove(&name).is_some();
         if pods.is_empty() {
             self.pods.remove(&ns);
+        }
+        if changed {
+            self.touch_namespace(&ns);
         }
         changed
     }
@@ -550,6 +658,9 @@ impl Index {
         }
         let changed = fresh != self.pods;
         self.pods = fresh;
+        if changed {
+            self.touch_all();
+        }
         changed
     }
 
@@ -564,6 +675,11 @@ impl Index {
         if !wanted.is_subset(&self.wanted_labels) {
             self.pod_resync = true;
         }
+        if wanted != self.wanted_labels {
+            // Published labels are chosen per Service, but the Pod records
+            // keep only wanted keys: rebuild everything.
+            self.touch_all();
+        }
         self.wanted_labels = wanted;
     }
 
@@ -574,85 +690,131 @@ impl Index {
         self.topology_with_stats().0
     }
 
-    /// The topology and counts describing it.
+    /// The topology and counts describing it. Services nothing touched since
+    /// the last build are taken from it (see `BuildCache`).
     pub fn topology_with_stats(&self) -> (Topology, BuildStats) {
+        let mut guard = self
+            .built
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = &mut *guard;
+        if std::mem::take(&mut cache.dirty_all) {
+            cache.groups.clear();
+        }
+        let dirty = std::mem::take(&mut cache.dirty);
+        let dirty_namespaces = std::mem::take(&mut cache.dirty_namespaces);
+        cache.groups.retain(|key, _| {
+            self.services.contains_key(key)
+                && !dirty.contains(key)
+                && !dirty_namespaces.contains(&key.0)
+        });
         let mut stats = BuildStats::default();
         let mut sets = Vec::new();
         let mut services = BTreeMap::new();
-        let no_slices = BTreeMap::new();
-        for ((ns, name), svc) in &self.services {
-            let group_key = (ns.clone(), name.clone());
-            let slices = self.slices.get(&group_key).unwrap_or(&no_slices);
-            if !svc.has_selector && slices.is_empty() {
-                stats.services_without_slices += 1;
-                continue;
+        for (key, svc) in &self.services {
+            let group = cache
+                .groups
+                .entry(key.clone())
+                .or_insert_with(|| self.build_group(key, svc));
+            stats.add(&group.stats);
+            if let Some(meta) = &group.meta {
+                sets.extend(group.sets.iter().cloned());
+                services.insert(key.clone(), meta.clone());
             }
-            let seen = self.seen.get(&group_key);
-            let pods = self.pods.get(ns);
-            let wanted: BTreeSet<&String> = self
-                .config
-                .pod_labels
-                .iter()
-                .chain(&svc.pod_labels)
-                .collect();
-            for port in &svc.ports {
-                // Names were validated on the way in, so this only fails if
-                // the two validations ever disagree; skip rather than panic.
-                let Ok(key) = ServiceKey::new(name, ns, PortRef::Number(port.port)) else {
-                    continue;
-                };
-                let mut endpoints = Vec::new();
-                for slice in slices.values() {
-                    let Some(target) = resolve_port(slice, port) else {
-                        stats.unmatched_slice_ports += 1;
-                        continue;
-                    };
-                    for ep in &slice.endpoints {
-                        let health = match ep.state {
-                            State::Ready => Health::Healthy,
-                            State::Draining => Health::Draining,
-                            State::NotServing => Health::Unhealthy,
-                        };
-                        let id = (ep.ip, ep.pod.clone());
-                        let seen = seen.and_then(|s| s.get(&id)).copied().unwrap_or_default();
-                        let pod = ep
-                            .pod
-                            .as_deref()
-                            .and_then(|p| pods.and_then(|pods| pods.get(p)));
-                        endpoints.push(self.endpoint(ep, target, health, seen, pod, &wanted));
-                    }
-                }
-                let before = endpoints.len();
-                let set = EndpointSet::merge(endpoints);
-                stats.duplicates += before - set.len();
-                let (h, d, u) = set.health_counts();
-                stats.healthy += h;
-                stats.draining += d;
-                stats.unhealthy += u;
-                stats.keys += 1;
-                sets.push((key, set));
-            }
-            stats.services += 1;
-            services.insert(
-                (ns.clone(), name.clone()),
-                ServiceMeta {
-                    ports: svc
-                        .ports
-                        .iter()
-                        .map(|p| ServicePort {
-                            name: (!p.name.is_empty()).then(|| p.name.clone()),
-                            port: p.port,
-                        })
-                        .collect(),
-                    annotations: svc.annotations.clone(),
-                },
-            );
         }
         let topology = Topology {
             snapshot: Snapshot::new(sets),
             services,
         };
         (topology, stats)
+    }
+
+    /// The topology built from scratch, ignoring and leaving the cache alone:
+    /// what every cached build must equal.
+    #[cfg(test)]
+    pub(crate) fn topology_uncached(&self) -> (Topology, BuildStats) {
+        // A clone starts with an empty cache.
+        self.clone().topology_with_stats()
+    }
+
+    /// One Service's endpoint sets (one per port), metadata and counts.
+    fn build_group(&self, group_key: &ObjKey, svc: &ServiceRec) -> BuiltGroup {
+        let (ns, name) = group_key;
+        let mut stats = BuildStats::default();
+        let no_slices = BTreeMap::new();
+        let slices = self.slices.get(group_key).unwrap_or(&no_slices);
+        if !svc.has_selector && slices.is_empty() {
+            stats.services_without_slices += 1;
+            return BuiltGroup {
+                meta: None,
+                sets: Vec::new(),
+                stats,
+            };
+        }
+        let seen = self.seen.get(group_key);
+        let pods = self.pods.get(ns);
+        let wanted: BTreeSet<&String> = self
+            .config
+            .pod_labels
+            .iter()
+            .chain(&svc.pod_labels)
+            .collect();
+        let mut sets = Vec::new();
+        for port in &svc.ports {
+            // Names were validated on the way in, so this only fails if
+            // the two validations ever disagree; skip rather than panic.
+            let Ok(key) = ServiceKey::new(name, ns, PortRef::Number(port.port)) else {
+                continue;
+            };
+            let mut endpoints = Vec::new();
+            for slice in slices.values() {
+                let Some(target) = resolve_port(slice, port) else {
+                    stats.unmatched_slice_ports += 1;
+                    continue;
+                };
+                for ep in &slice.endpoints {
+                    let health = match ep.state {
+                        State::Ready => Health::Healthy,
+                        State::Draining => Health::Draining,
+                        State::NotServing => Health::Unhealthy,
+                    };
+                    let id = (ep.ip, ep.pod.clone());
+                    let seen = seen.and_then(|s| s.get(&id)).copied().unwrap_or_default();
+                    let pod = ep
+                        .pod
+                        .as_deref()
+                        .and_then(|p| pods.and_then(|pods| pods.get(p)));
+                    endpoints.push(self.endpoint(ep, target, health, seen, pod, &wanted));
+                }
+            }
+            let before = endpoints.len();
+            let set = EndpointSet::merge(endpoints);
+            stats.duplicates += before - set.len();
+            let (h, d, u) = set.health_counts();
+            stats.healthy += h;
+            stats.draining += d;
+            stats.unhealthy += u;
+            stats.keys += 1;
+            sets.push((key, set));
+        }
+        stats.services += 1;
+        let meta = ServiceMeta {
+            ports: svc
+                .ports
+                .iter()
+                .map(|p| ServicePort {
+                    name: (!p.name.is_empty()).then(|| p.name.clone()),
+                    port: p.port,
+                })
+                .collect(),
+            annotations: svc.annotations.clone(),
+        };
+        BuiltGroup {
+            meta: Some(meta),
+            sets,
+            stats,
+        }
     }
 
     fn endpoint(

@@ -2,8 +2,13 @@
 //! back: a pure state machine driven by the caller's clock.
 //!
 //! ```text
-//!  on_change(t0) on_change(t0+a) ...              poll(t0 + window)
-//!      |---------- coalesce_window ----------------->|  build, guard, publish once
+//!  coalescing, leading and trailing edge (W = coalesce_window):
+//!
+//!   quiet > W        burst                                  quiet > W
+//!  ------------|c1 c2  c3 ......... c4   c5 ..........|----------|c6
+//!              |                   |                 |           |
+//!              publish at c1       publish at c1+W   publish at  publish at c6
+//!              (at once)           (c2..c4)          c1+2W (c5)  (at once)
 //!
 //!  mass-drop guard, per service key, against what was last published:
 //!
@@ -14,9 +19,21 @@
 //!                          ...build at t + grace, drop stays --> candidate (persisted)
 //! ```
 //!
-//! The first change starts the window and later ones do not extend it, so a
-//! rollout's burst becomes one push and a steady trickle of events still
-//! publishes at least once per window.
+//! A change that arrives when nothing was published within the last window
+//! is published at once: a lone readiness flip costs no waiting, which a
+//! propagation budget of tens of milliseconds needs. Changes that arrive
+//! within the window after a publish wait for the window's end and go out
+//! together, and later ones do not extend the wait. So pushes are at least
+//! one window apart: a rollout's burst becomes one push at its start plus
+//! one per window while it lasts, and a steady trickle still publishes once
+//! per window.
+//!
+//! The window runs from the last *publish*, not the last build: a build that
+//! found nothing new sent nothing, and letting it delay the next change
+//! would cost exactly the case this is for (a Pod event that changes nothing
+//! visible, then its EndpointSlice change a few milliseconds later). Builds
+//! stay bounded by the index's changes, which only count when what the
+//! index keeps changed.
 //!
 //! The guard only delays *removals*: a held key publishes the candidate plus
 //! the healthy endpoints that vanished from it (or turned unhealthy), so
@@ -42,8 +59,9 @@ use crate::topology::Topology;
 /// Publishing settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublisherConfig {
-    /// How long after the first change to publish, gathering every change
-    /// that arrives meanwhile into one push.
+    /// The least time between two publishes: a change after a quiet window
+    /// is published at once, and changes within the window after a publish
+    /// are gathered into one push at the window's end.
     pub coalesce_window: Duration,
     /// A single update removing more than this share of a key's healthy
     /// endpoints is held back. 1.0 disables the guard.
@@ -117,6 +135,8 @@ pub struct Publisher {
     config: PublisherConfig,
     /// When the first change not yet published arrived.
     pending: Option<Instant>,
+    /// When the last topology was published: the window runs from here.
+    last_publish: Option<Instant>,
     published: Option<Arc<Topology>>,
     holds: BTreeMap<ServiceKey, Hold>,
     stats: PublishStats,
@@ -129,6 +149,7 @@ impl Publisher {
         Ok(Self {
             config,
             pending: None,
+            last_publish: None,
             published: None,
             holds: BTreeMap::new(),
             stats: PublishStats::default(),
@@ -136,13 +157,14 @@ impl Publisher {
     }
 
     /// The index changed at `now`. Call it after the initial lists too: the
-    /// first topology is published one window later.
+    /// first topology is published at once.
     pub fn on_change(&mut self, now: Instant) {
         self.pending.get_or_insert(now);
     }
 
-    /// When [`Publisher::poll`] next has something to do: the end of the
-    /// coalescing window or of a hold. `None`: nothing until the next change.
+    /// When [`Publisher::poll`] next has something to do: a pending change
+    /// (at once after a quiet window, else the window's end) or the end of a
+    /// hold. `None`: nothing until the next change.
     pub fn next_deadline(&self) -> Option<Instant> {
         let window = self.window_end();
         let holds = self.holds.values().filter_map(|h| self.hold_end(h));
@@ -177,6 +199,7 @@ impl Publisher {
             return None;
         }
         let topology = Arc::new(topology);
+        self.last_publish = Some(now);
         self.published = Some(Arc::clone(&topology));
         self.stats.published += 1;
         Some(topology)
@@ -197,8 +220,14 @@ impl Publisher {
         self.stats
     }
 
+    /// When the pending change may be built: at once, unless the last
+    /// publish is less than a window ago, then when that window ends.
     fn window_end(&self) -> Option<Instant> {
-        self.pending?.checked_add(self.config.coalesce_window)
+        let pending = self.pending?;
+        let reopens = self
+            .last_publish
+            .and_then(|b| b.checked_add(self.config.coalesce_window));
+        Some(reopens.map_or(pending, |r| r.max(pending)))
     }
 
     fn hold_end(&self, hold: &Hold) -> Option<Instant> {

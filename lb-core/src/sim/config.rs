@@ -44,6 +44,12 @@ pub enum SimPolicy {
     /// chooses (`Policy::P2c` with the client's zone set).
     #[serde(rename = "zone-p2c")]
     ZoneP2c,
+    /// Least loaded: every request goes to the backend with the fewest
+    /// requests in flight in the client's view (a full scan, ties broken
+    /// at random). Not an lb-core policy: a peer for comparison, so it is
+    /// not in [`SimPolicy::ALL`]; ask for it by name.
+    #[serde(rename = "least-loaded")]
+    LeastLoaded,
 }
 
 impl SimPolicy {
@@ -66,6 +72,7 @@ impl SimPolicy {
             SimPolicy::P2c => "p2c",
             SimPolicy::PeakEwma => "p2c-peak-ewma",
             SimPolicy::ZoneP2c => "zone-p2c",
+            SimPolicy::LeastLoaded => "least-loaded",
         }
     }
 }
@@ -82,6 +89,7 @@ impl FromStr for SimPolicy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         SimPolicy::ALL
             .into_iter()
+            .chain([SimPolicy::LeastLoaded])
             .find(|p| p.as_str() == s)
             .ok_or_else(|| SimError::UnknownPolicy(s.to_owned()))
     }
@@ -124,6 +132,40 @@ pub enum LoadView {
     /// Every client sees every backend's true number of requests in the
     /// system: the global view the supermarket model assumes.
     Global,
+}
+
+/// A spell during which the slow backends are slow; outside it they serve
+/// at normal speed. Used by [`crate::sim::run_with_slow_window`] for "one
+/// pod turns slow for a while" scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SlowWindow {
+    /// Simulated second the slowness starts.
+    pub from_secs: f64,
+    /// Simulated second it ends (exclusive).
+    pub to_secs: f64,
+}
+
+impl SlowWindow {
+    /// Whether a request whose service starts at `t` is served slowly.
+    pub fn contains(&self, t: f64) -> bool {
+        t >= self.from_secs && t < self.to_secs
+    }
+
+    /// Checks the window is a finite, non-empty span starting at or after 0.
+    pub fn validate(&self) -> Result<(), SimError> {
+        check(
+            "slow window start",
+            "a finite number >= 0",
+            self.from_secs,
+            |f| f >= 0.0,
+        )?;
+        check(
+            "slow window end",
+            "a finite number after the start",
+            self.to_secs,
+            |t| t > self.from_secs,
+        )
+    }
 }
 
 /// One simulation: the fleet, the workload and the policies to compare.
@@ -243,7 +285,7 @@ pub enum SimError {
     NoPolicies,
     /// An unknown policy name.
     #[error(
-        "unknown simulator policy {0:?}; known: l4-per-connection, round-robin, random, p2c, p2c-peak-ewma, zone-p2c"
+        "unknown simulator policy {0:?}; known: l4-per-connection, round-robin, random, p2c, p2c-peak-ewma, zone-p2c, least-loaded"
     )]
     UnknownPolicy(String),
     /// The balancer refused the configuration the simulator built for it.

@@ -28,7 +28,7 @@ use crate::pick::random;
 use crate::rng::{Rng, SmallRng, mix64};
 use crate::snapshot::EndpointSet;
 
-use super::config::{CostModel, LoadView, SimConfig, SimError, SimPolicy};
+use super::config::{CostModel, LoadView, SimConfig, SimError, SimPolicy, SlowWindow};
 use super::report::{BackendInfo, Raw};
 
 /// The backends as every client's balancer sees them.
@@ -222,7 +222,7 @@ fn balancer_config(
     callers: &BTreeMap<String, f64>,
 ) -> Option<BalancerConfig> {
     let policy = match policy {
-        SimPolicy::PerConnection => return None,
+        SimPolicy::PerConnection | SimPolicy::LeastLoaded => return None,
         SimPolicy::RoundRobin => Policy::RoundRobin,
         SimPolicy::Random => Policy::Random,
         SimPolicy::P2c => Policy::P2c,
@@ -245,10 +245,15 @@ fn balancer_config(
 }
 
 /// Runs one policy over the fleet and returns the raw tallies.
+///
+/// `window`, when given, limits the slow backends' slowness to that spell;
+/// `total_rate` is the request rate over all clients.
 pub(crate) fn run_policy(
     config: &SimConfig,
     fleet: &Fleet,
     policy: SimPolicy,
+    window: Option<SlowWindow>,
+    total_rate: f64,
 ) -> Result<Raw, SimError> {
     let n = fleet.set.len();
     let initial = duration("mean cost", config.mean_cost_secs)?;
@@ -310,7 +315,7 @@ pub(crate) fn run_policy(
         });
     }
 
-    let rate = config.total_rate() / config.clients as f64;
+    let rate = total_rate / config.clients as f64;
     let end = config.duration_secs;
     let warmup = config.warmup_secs;
     let mut raw = Raw::new(n, warmup, end);
@@ -336,6 +341,13 @@ pub(crate) fn run_policy(
                 let cost = sample_cost(config.cost, config.mean_cost_secs, &mut client.costs);
                 let backend = match (&mut client.balancer, client.connection) {
                     (_, Some(b)) => b as usize,
+                    (None, None) if policy == SimPolicy::LeastLoaded => {
+                        let view = match config.view {
+                            LoadView::PerClient => &client.in_flight,
+                            LoadView::Global => &in_flight,
+                        };
+                        least_loaded(view, &mut client.picks)
+                    }
                     (Some(balancer), None) => {
                         let view = View {
                             in_flight: match config.view {
@@ -351,8 +363,12 @@ pub(crate) fn run_policy(
                     // Per-connection with no backend cannot happen (n >= 1).
                     (None, None) => return Err(crate::error::PickError::NoEndpoints.into()),
                 };
-                let service = cost * fleet.slowness[backend];
                 let start = free_at[backend].max(now);
+                let slowness = match window {
+                    Some(w) if !w.contains(start) => 1.0,
+                    _ => fleet.slowness[backend],
+                };
+                let service = cost * slowness;
                 let done = start + service;
                 free_at[backend] = done;
                 in_flight[backend] += 1;
@@ -394,9 +410,41 @@ pub(crate) fn run_policy(
     Ok(raw)
 }
 
+/// The backend with the fewest requests in flight in `view`; among equals,
+/// one chosen uniformly at random (reservoir sampling over the ties), so
+/// ties spread evenly.
+fn least_loaded<R: Rng>(view: &[u32], rng: &mut R) -> usize {
+    let mut best = 0;
+    let mut best_load = u32::MAX;
+    let mut ties = 0u32;
+    for (i, &load) in view.iter().enumerate() {
+        if load < best_load {
+            (best, best_load, ties) = (i, load, 1);
+        } else if load == best_load {
+            ties += 1;
+            if rng.below(ties) == 0 {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn least_loaded_takes_the_minimum_and_spreads_ties() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        assert_eq!(least_loaded(&[3, 1, 2], &mut rng), 1);
+        let mut seen = [0u32; 3];
+        for _ in 0..300 {
+            seen[least_loaded(&[0, 0, 5], &mut rng)] += 1;
+        }
+        assert_eq!(seen[2], 0);
+        assert!(seen[0] > 100 && seen[1] > 100, "{seen:?}");
+    }
 
     #[test]
     fn costs_have_the_configured_mean() {

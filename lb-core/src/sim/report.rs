@@ -48,6 +48,9 @@ pub struct PolicyReport {
     pub p99_ms: f64,
     /// 99.9th percentile latency, in milliseconds.
     pub p999_ms: f64,
+    /// Share of requests that finished within one second of being sent
+    /// (the deadline the benchmark suite's distribution scenario uses).
+    pub within_1s_fraction: f64,
     /// Share of requests sent to a backend outside the client's zone.
     pub cross_zone_fraction: f64,
     /// Per backend: work received (service time of the requests sent to it)
@@ -154,6 +157,8 @@ impl Raw {
             p90_ms: pct(0.90),
             p99_ms: pct(0.99),
             p999_ms: pct(0.999),
+            within_1s_fraction: self.latencies.partition_point(|&l| l <= 1.0) as f64
+                / self.latencies.len() as f64,
             cross_zone_fraction: self.cross_zone as f64 / requests as f64,
             utilization,
             busy_fraction,
@@ -194,5 +199,6 @@ mod tests {
         assert_eq!(r.max_over_min_utilization, f64::INFINITY);
         assert_eq!(r.cross_zone_fraction, 1.0);
         assert_eq!(r.p50_ms, 14_000.0);
+        assert_eq!(r.within_1s_fraction, 0.0);
     }
 }

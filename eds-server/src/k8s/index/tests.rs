@@ -393,9 +393,26 @@ fn ready_since_is_the_earliest_time_seen_ready() {
     // A known Pod's Ready transition time wins over first-seen.
     ix.apply_pod(&k8s_pod("echo-1", "demo").ready_at(65));
     assert_eq!(ready_since(&ix), Some(t(65)));
-    // A Pod not (yet) seen as ready leaves the first-seen time.
-    ix.apply_pod(&k8s_pod("echo-1", "demo").not_ready_at(66));
-    assert_eq!(ready_since(&ix), Some(t(70)));
+    // The Pod turning not ready before its slice does changes nothing: the
+    // endpoint keeps the Pod's last ready time (no metadata-only push).
+    assert!(!ix.apply_pod(&k8s_pod("echo-1", "demo").not_ready_at(66)));
+    assert_eq!(ready_since(&ix), Some(t(65)));
+    // Ready again: the new transition time.
+    ix.apply_pod(&k8s_pod("echo-1", "demo").ready_at(80));
+    assert_eq!(ready_since(&ix), Some(t(80)));
+    // A Pod never seen ready leaves the first-seen time.
+    ix.apply_pod(&k8s_pod("echo-2", "demo").not_ready_at(66));
+    ix.apply_slice(
+        &slice("echo-c", "demo", "echo")
+            .port("grpc", 9090)
+            .ep("10.244.0.3", [ready(), pod("echo-2")]),
+        t(90),
+    );
+    let topo = ix.topology();
+    assert_eq!(
+        endpoint(&topo, "echo.demo:8080", "10.244.0.3:9090").ready_since,
+        Some(t(90))
+    );
 }
 
 #[test]
@@ -930,4 +947,102 @@ proptest! {
         ix.reset_services(vec![service.build()]);
         let _ = ix.topology();
     }
+}
+
+proptest! {
+    /// Builds reuse Services nothing touched (`BuildCache`): after any
+    /// sequence of applies, deletes and resets, building from the cache
+    /// gives exactly what building from scratch gives.
+    #[test]
+    fn cached_builds_equal_builds_from_scratch(
+        slices in arb_slices(),
+        ops in prop::collection::vec((0u8..8, 0usize..16, 0u64..3), 1..40),
+    ) {
+        let events = universe(slices);
+        let mut ix = index();
+        let mut pods_so_far: Vec<Pod> = Vec::new();
+        for (step, (op, pick, later)) in ops.into_iter().enumerate() {
+            let now = t(10 + later);
+            let event = &events[pick % events.len()];
+            match (op, event) {
+                // Mostly applies, as a watch delivers them.
+                (0..=3, Event::Service(s)) => { ix.apply_service(s); }
+                (0..=3, Event::Slice(s)) => { ix.apply_slice(s, now); }
+                (0..=3, Event::Pod(p)) => {
+                    pods_so_far.push(Pod::clone(p));
+                    ix.apply_pod(p);
+                }
+                (4, Event::Service(s)) => { ix.delete_service(s); }
+                (4, Event::Slice(s)) => { ix.delete_slice(s, now); }
+                (4, Event::Pod(p)) => {
+                    pods_so_far.retain(|q| q.metadata.name != p.metadata.name);
+                    ix.delete_pod(p);
+                }
+                // A pod turning not ready, and a slice losing its endpoints.
+                (5, Event::Pod(p)) => {
+                    let mut p = Pod::clone(p);
+                    if let Some(c) = p.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+                        c.iter_mut().for_each(|c| c.status = "False".to_owned());
+                    }
+                    pods_so_far.push(p.clone());
+                    ix.apply_pod(&p);
+                }
+                (5, Event::Slice(s)) => {
+                    let mut s = EndpointSlice::clone(s);
+                    s.endpoints = Default::default();
+                    ix.apply_slice(&s, now);
+                }
+                // Watch restarts: everything of a kind listed again.
+                (6, _) => {
+                    let slices = events.iter().filter_map(|e| match e {
+                        Event::Slice(s) if pick % 2 == 0 => Some(EndpointSlice::clone(s)),
+                        _ => None,
+                    }).collect();
+                    ix.reset_slices(slices, now);
+                }
+                (7, _) => { ix.reset_pods(pods_so_far.clone()); }
+                _ => {}
+            }
+            if ix.take_pod_resync() {
+                ix.reset_pods(pods_so_far.clone());
+            }
+            // Build only now and then, so several changes pile up between builds.
+            if step % 3 == 0 {
+                let (cached, cached_stats) = ix.topology_with_stats();
+                let (fresh, fresh_stats) = ix.topology_uncached();
+                prop_assert_eq!(&cached, &fresh, "step {}", step);
+                prop_assert_eq!(cached_stats, fresh_stats, "step {}", step);
+            }
+        }
+        let (cached, _) = ix.topology_with_stats();
+        prop_assert_eq!(cached, ix.topology_uncached().0);
+    }
+}
+
+#[test]
+fn an_untouched_service_is_shared_between_builds() {
+    let mut ix = index();
+    ix.apply_service(&echo());
+    ix.apply_service(&svc("db", "demo").port("pg", 5432, None));
+    let ep = |name: &str, svc: &str, port: &str, ip: &str| {
+        slice(name, "demo", svc)
+            .port(port, 9090)
+            .ep(ip, [ready(), zone("a")])
+    };
+    ix.apply_slice(&ep("echo-a", "echo", "grpc", "10.244.0.1"), t(1));
+    ix.apply_slice(&ep("db-a", "db", "pg", "10.244.1.1"), t(1));
+    let before = ix.topology();
+    ix.apply_slice(&ep("echo-a", "echo", "grpc", "10.244.0.2"), t(2));
+    let after = ix.topology();
+    let db = |t: &Topology| {
+        t.endpoints(&key("db.demo:5432"))
+            .unwrap()
+            .endpoints()
+            .as_ptr()
+    };
+    assert_eq!(db(&before), db(&after), "db's set is the same memory");
+    assert_eq!(
+        health(&after, "echo.demo:8080"),
+        ["10.244.0.2:9090 HEALTHY"]
+    );
 }

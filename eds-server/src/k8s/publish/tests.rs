@@ -78,41 +78,160 @@ fn count(t: &Topology, k: &str) -> usize {
     t.snapshot.get(&key(k)).map_or(0, |s| s.len())
 }
 
-/// Publishes the index's state once, as the first topology.
+/// Publishes the index's state once, as the first topology, at the origin.
 fn first_publish(p: &mut Publisher, ix: &Index, clock: &Clock) -> Arc<Topology> {
     p.on_change(clock.at(0));
-    p.poll(clock.at(100), ix).expect("first publication")
+    p.poll(clock.at(0), ix).expect("first publication")
 }
 
 #[test]
-fn a_burst_becomes_one_push() {
+fn a_change_after_a_quiet_window_is_published_at_once() {
     let clock = Clock::new();
     let mut ix = index_with(&[("echo", 1, 1..=3)]);
     let mut p = publisher();
     assert_eq!(p.next_deadline(), None, "nothing to do before a change");
     assert!(p.poll(clock.at(0), &ix).is_none());
 
+    // The first publication does not wait for a window.
     p.on_change(clock.at(0));
-    assert_eq!(p.next_deadline(), Some(clock.at(100)));
-    // A rollout: several changes inside the window do not move the deadline.
-    for (ms, n) in [(10, 4), (40, 5), (90, 6)] {
-        ix.apply_slice(&endpoints("echo", 1, 1..=n, ready), t(2));
-        p.on_change(clock.at(ms));
-        assert_eq!(p.next_deadline(), Some(clock.at(100)));
-    }
-    assert!(p.poll(clock.at(99), &ix).is_none(), "window still open");
-    let topo = p.poll(clock.at(100), &ix).expect("window over");
-    assert_eq!(count(&topo, "echo.demo:8080"), 6, "the burst's last state");
-    assert_eq!(p.stats().published, 1);
+    assert_eq!(p.next_deadline(), Some(clock.at(0)));
+    let topo = p.poll(clock.at(0), &ix).expect("published at once");
+    assert_eq!(count(&topo, "echo.demo:8080"), 3);
     assert_eq!(p.next_deadline(), None);
-    assert!(p.poll(clock.at(500), &ix).is_none());
+
+    // Exactly one window later is quiet enough: at once again.
+    ix.apply_slice(&endpoints("echo", 1, 1..=4, ready), t(2));
+    p.on_change(clock.at(100));
+    assert_eq!(p.next_deadline(), Some(clock.at(100)));
+    let topo = p.poll(clock.at(100), &ix).expect("leading edge");
+    assert_eq!(count(&topo, "echo.demo:8080"), 4);
+
+    // Long after: at once, and a late poll publishes whenever it comes.
+    ix.apply_slice(&endpoints("echo", 1, 1..=5, ready), t(3));
+    p.on_change(clock.at(5_000));
+    assert_eq!(p.next_deadline(), Some(clock.at(5_000)));
+    let topo = p.poll(clock.at(5_040), &ix).expect("late poll");
+    assert_eq!(count(&topo, "echo.demo:8080"), 5);
+    assert_eq!(p.stats().published, 3);
+}
+
+#[test]
+fn a_burst_becomes_a_leading_push_and_one_trailing_push() {
+    let clock = Clock::new();
+    let mut ix = index_with(&[("echo", 1, 1..=3)]);
+    let mut p = publisher();
+    first_publish(&mut p, &ix, &clock);
+
+    // A rollout starting after a quiet period: its first change goes out at
+    // once, the rest of it gathers until one window after that build.
+    ix.apply_slice(&endpoints("echo", 1, 1..=4, ready), t(2));
+    p.on_change(clock.at(1_000));
+    let topo = p.poll(clock.at(1_000), &ix).expect("leading edge");
+    assert_eq!(count(&topo, "echo.demo:8080"), 4);
+    for (ms, n) in [(1_010, 5), (1_040, 6), (1_090, 7)] {
+        ix.apply_slice(&endpoints("echo", 1, 1..=n, ready), t(3));
+        p.on_change(clock.at(ms));
+        assert_eq!(
+            p.next_deadline(),
+            Some(clock.at(1_100)),
+            "later changes do not move the window's end"
+        );
+        assert!(p.poll(clock.at(ms), &ix).is_none(), "inside the window");
+    }
+    assert!(p.poll(clock.at(1_099), &ix).is_none(), "window still open");
+    let topo = p.poll(clock.at(1_100), &ix).expect("trailing edge");
+    assert_eq!(count(&topo, "echo.demo:8080"), 7, "the burst's last state");
+    assert_eq!(p.next_deadline(), None);
+    assert!(p.poll(clock.at(1_500), &ix).is_none());
     assert_eq!(p.published(), Some(&topo));
+    assert_eq!(p.stats().published, 3, "first, leading, trailing");
+
+    // A change right after the trailing build waits for its window too.
+    ix.apply_slice(&endpoints("echo", 1, 1..=8, ready), t(4));
+    p.on_change(clock.at(1_150));
+    assert_eq!(p.next_deadline(), Some(clock.at(1_200)));
+    assert!(p.poll(clock.at(1_150), &ix).is_none());
+    let topo = p.poll(clock.at(1_200), &ix).expect("second trailing edge");
+    assert_eq!(count(&topo, "echo.demo:8080"), 8);
+}
+
+#[test]
+fn a_steady_trickle_publishes_once_per_window() {
+    let clock = Clock::new();
+    let mut ix = index_with(&[("echo", 1, 1..=3)]);
+    let mut p = publisher();
+    first_publish(&mut p, &ix, &clock);
+
+    // A change every 10 ms for one second from t = 1,000, polled after each
+    // change and at each deadline, as the async driver does.
+    let mut builds_at = Vec::new();
+    let mut n = 3u8;
+    for ms in (1_000..2_000).step_by(10) {
+        if let Some(d) = p.next_deadline().filter(|d| *d <= clock.at(ms))
+            && p.poll(d, &ix).is_some()
+        {
+            builds_at.push(d - clock.at(0));
+        }
+        n = n.wrapping_add(1).max(1);
+        ix.apply_slice(&endpoints("echo", 1, 1..=n, ready), t(u64::from(n)));
+        p.on_change(clock.at(ms));
+        if p.poll(clock.at(ms), &ix).is_some() {
+            builds_at.push(Duration::from_millis(ms));
+        }
+    }
+    let d = p.next_deadline().expect("the last changes are pending");
+    assert!(p.poll(d, &ix).is_some());
+    builds_at.push(d - clock.at(0));
+
+    // Leading edge at 1,000, then one every window: 1,100 ... 2,000.
+    let expected: Vec<Duration> = (0..=10)
+        .map(|i| Duration::from_millis(1_000 + 100 * i))
+        .collect();
+    assert_eq!(builds_at, expected);
+}
+
+#[test]
+fn an_unchanged_build_does_not_delay_the_next_change() {
+    let clock = Clock::new();
+    let mut ix = index_with(&[("echo", 1, 1..=3)]);
+    let mut p = publisher();
+    first_publish(&mut p, &ix, &clock);
 
     // A change that changes nothing publishes nothing.
-    p.on_change(clock.at(600));
-    assert!(p.poll(clock.at(700), &ix).is_none());
+    p.on_change(clock.at(1_000));
+    assert!(p.poll(clock.at(1_000), &ix).is_none());
     assert_eq!(p.stats().unchanged, 1);
     assert_eq!(p.next_deadline(), None);
+
+    // So a real change 30 ms later is not held for a window: nothing was
+    // sent within the last one.
+    ix.apply_slice(&endpoints("echo", 1, 1..=4, ready), t(2));
+    p.on_change(clock.at(1_030));
+    assert_eq!(p.next_deadline(), Some(clock.at(1_030)));
+    assert!(p.poll(clock.at(1_030), &ix).is_some());
+
+    // But a publish does start one.
+    ix.apply_slice(&endpoints("echo", 1, 1..=5, ready), t(3));
+    p.on_change(clock.at(1_040));
+    assert_eq!(p.next_deadline(), Some(clock.at(1_130)));
+}
+
+#[test]
+fn a_zero_window_publishes_every_change_at_once() {
+    let clock = Clock::new();
+    let mut ix = index_with(&[("echo", 1, 1..=3)]);
+    let mut p = Publisher::new(PublisherConfig {
+        coalesce_window: Duration::ZERO,
+        ..PublisherConfig::default()
+    })
+    .unwrap();
+    for (ms, n) in [(0, 3), (1, 4), (2, 5)] {
+        ix.apply_slice(&endpoints("echo", 1, 1..=n, ready), t(2));
+        p.on_change(clock.at(ms));
+        assert_eq!(p.next_deadline(), Some(clock.at(ms)));
+        let topo = p.poll(clock.at(ms), &ix).expect("at once");
+        assert_eq!(count(&topo, "echo.demo:8080"), usize::from(n));
+    }
 }
 
 #[test]
@@ -218,6 +337,7 @@ fn replacements_are_sent_during_a_hold() {
 #[test]
 fn endpoints_turning_unhealthy_count_as_dropped() {
     let clock = Clock::new();
+    // The index keeps not-serving endpoints as UNHEALTHY.
     let mut ix = Index::new(IndexConfig::default());
     ix.apply_service(&service("echo"));
     ix.apply_slice(&endpoints("echo", 1, 1..=4, ready), t(1));
@@ -372,8 +492,6 @@ fn poll_with_takes_any_source() {
     let clock = Clock::new();
     let mut p = publisher();
     p.on_change(clock.at(0));
-    let topo = p
-        .poll_with(clock.at(100), Topology::default)
-        .expect("first");
+    let topo = p.poll_with(clock.at(0), Topology::default).expect("first");
     assert_eq!(*topo, Topology::default());
 }
