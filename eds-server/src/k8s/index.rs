@@ -354,6 +354,12 @@ impl Index {
         }
     }
 
+    /// Forgets what earlier builds produced: the next build is a full one.
+    /// For benchmarks that time full rebuilds; the server never needs it.
+    pub fn forget_builds(&mut self) {
+        self.touch_all();
+    }
+
     /// Marks everything for rebuilding.
     fn touch_all(&mut self) {
         if let Ok(cache) = self.built.0.get_mut() {
