@@ -8,5 +8,6 @@
 //! it asserts a timing.
 
 pub mod command;
+pub mod grpc_stream;
 pub mod machine;
 pub mod report;

@@ -15,11 +15,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use proto::xds::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
-use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use proto::xds::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
-use proto::xds::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
-use proto::xds::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
 use proto::xds::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -28,6 +23,7 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::ServerConfig;
 use crate::csds::CsdsService;
+use crate::grpc::{Ads, Cds, Eds, Lds, Rds, XdsGrpc};
 use crate::metrics::Metrics;
 use crate::serve::{ClientRegistry, Shared, XdsServices};
 use crate::source::{SourceConfig, SourceProvider};
@@ -144,11 +140,11 @@ pub async fn run_until(
     let mut xds_shutdown = shutdown_rx.clone();
     let xds = tokio::spawn(
         server
-            .add_service(AggregatedDiscoveryServiceServer::new(services.clone()))
-            .add_service(EndpointDiscoveryServiceServer::new(services.clone()))
-            .add_service(ClusterDiscoveryServiceServer::new(services.clone()))
-            .add_service(ListenerDiscoveryServiceServer::new(services.clone()))
-            .add_service(RouteDiscoveryServiceServer::new(services))
+            .add_service(XdsGrpc::<Ads>::new(services.clone()))
+            .add_service(XdsGrpc::<Eds>::new(services.clone()))
+            .add_service(XdsGrpc::<Cds>::new(services.clone()))
+            .add_service(XdsGrpc::<Lds>::new(services.clone()))
+            .add_service(XdsGrpc::<Rds>::new(services))
             .add_service(ClientStatusDiscoveryServiceServer::new(CsdsService::new(
                 Arc::clone(&clients),
             )))

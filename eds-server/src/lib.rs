@@ -18,6 +18,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod csds;
+pub mod grpc;
 pub mod k8s;
 pub mod metrics;
 pub mod serve;

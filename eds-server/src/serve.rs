@@ -1,6 +1,7 @@
-//! The tonic services: ADS and the per-type EDS, CDS, LDS and RDS services,
-//! state-of-the-world and delta, as thin glue around the protocol state
-//! machines of [`crate::xds`].
+//! The stream glue behind the xDS services (ADS and the per-type EDS, CDS,
+//! LDS and RDS services, state-of-the-world and delta): one task per stream
+//! around the protocol state machines of [`crate::xds`]. The gRPC plumbing
+//! (routing, decoding, the response body) is [`crate::grpc`]'s.
 //!
 //! ```text
 //!  client ──requests──> stream task ──handle_request──> SotwStream / DeltaStream
@@ -33,31 +34,21 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use futures::Stream;
-use proto::xds::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService;
-use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use proto::xds::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use proto::xds::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService;
-use proto::xds::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService;
-use proto::xds::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
+use proto::xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 use tracing::{Instrument, debug, info};
 
 use crate::metrics::{Metrics, Stage};
 use crate::source::SourceProvider;
 use crate::topology::{Published, TopologyWatch};
 use crate::xds::{
-    ClientInfo, Counters, DeltaStream, ResourceSource, ResourceType, SotwStream, StreamKind,
-    SubscriberStats, XdsError,
+    ClientInfo, Counters, DeltaResponse, DeltaStream, ResourceSource, ResourceType, SotwResponse,
+    SotwStream, StreamKind, SubscriberStats, XdsError,
 };
 
 /// One connected stream, as the admin API shows it.
@@ -163,39 +154,41 @@ pub struct Shared {
 #[derive(Debug, Clone)]
 pub struct XdsServices(pub Arc<Shared>);
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 impl XdsServices {
-    fn sotw(
+    /// Starts the task of one state-of-the-world stream; its responses
+    /// arrive on the returned outbox.
+    pub(crate) fn sotw(
         &self,
         kind: StreamKind,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Response<BoxStream<DiscoveryResponse>> {
-        let peer = request.remote_addr();
-        let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(self.0.outbox.max(1));
-        let span = stream_span("sotw", kind, peer);
-        tokio::spawn(
-            run_stream::<SotwStream>(kind, peer, requests, tx, Arc::clone(&self.0))
-                .instrument(span),
-        );
-        Response::new(Box::pin(ReceiverStream::new(rx)))
+        head: Request<()>,
+        requests: Streaming<DiscoveryRequest>,
+    ) -> mpsc::Receiver<Result<SotwResponse, Status>> {
+        self.spawn::<SotwStream>(kind, head, requests)
     }
 
-    fn delta(
+    /// Starts the task of one delta stream.
+    pub(crate) fn delta(
         &self,
         kind: StreamKind,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Response<BoxStream<DeltaDiscoveryResponse>> {
-        let peer = request.remote_addr();
-        let requests = request.into_inner();
+        head: Request<()>,
+        requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> mpsc::Receiver<Result<DeltaResponse, Status>> {
+        self.spawn::<DeltaStream>(kind, head, requests)
+    }
+
+    fn spawn<M: Machine>(
+        &self,
+        kind: StreamKind,
+        head: Request<()>,
+        requests: Streaming<M::Request>,
+    ) -> mpsc::Receiver<Result<M::Response, Status>> {
+        let peer = head.remote_addr();
         let (tx, rx) = mpsc::channel(self.0.outbox.max(1));
-        let span = stream_span("delta", kind, peer);
+        let span = stream_span(M::NAME, kind, peer);
         tokio::spawn(
-            run_stream::<DeltaStream>(kind, peer, requests, tx, Arc::clone(&self.0))
-                .instrument(span),
+            run_stream::<M>(kind, peer, requests, tx, Arc::clone(&self.0)).instrument(span),
         );
-        Response::new(Box::pin(ReceiverStream::new(rx)))
+        rx
     }
 }
 
@@ -233,7 +226,7 @@ trait Machine: Send + 'static {
 
 impl Machine for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
     const NAME: &'static str = "sotw";
 
     fn new(kind: StreamKind) -> Self {
@@ -244,10 +237,10 @@ impl Machine for SotwStream {
         req: DiscoveryRequest,
         source: &dyn ResourceSource,
         now: SystemTime,
-    ) -> Result<Vec<DiscoveryResponse>, XdsError> {
+    ) -> Result<Vec<SotwResponse>, XdsError> {
         self.handle_request(req, source, now)
     }
-    fn update(&mut self, source: &dyn ResourceSource) -> Vec<DiscoveryResponse> {
+    fn update(&mut self, source: &dyn ResourceSource) -> Vec<SotwResponse> {
         self.on_update(source)
     }
     fn stats(&self) -> SubscriberStats {
@@ -262,14 +255,14 @@ impl Machine for SotwStream {
     fn request_keys(req: &DiscoveryRequest) -> (&str, &str) {
         (&req.type_url, &req.response_nonce)
     }
-    fn response_keys(resp: &DiscoveryResponse) -> (&str, &str) {
+    fn response_keys(resp: &SotwResponse) -> (&str, &str) {
         (&resp.type_url, &resp.nonce)
     }
 }
 
 impl Machine for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     const NAME: &'static str = "delta";
 
     fn new(kind: StreamKind) -> Self {
@@ -280,10 +273,10 @@ impl Machine for DeltaStream {
         req: DeltaDiscoveryRequest,
         source: &dyn ResourceSource,
         now: SystemTime,
-    ) -> Result<Vec<DeltaDiscoveryResponse>, XdsError> {
+    ) -> Result<Vec<DeltaResponse>, XdsError> {
         self.handle_request(req, source, now)
     }
-    fn update(&mut self, source: &dyn ResourceSource) -> Vec<DeltaDiscoveryResponse> {
+    fn update(&mut self, source: &dyn ResourceSource) -> Vec<DeltaResponse> {
         self.on_update(source)
     }
     fn stats(&self) -> SubscriberStats {
@@ -298,7 +291,7 @@ impl Machine for DeltaStream {
     fn request_keys(req: &DeltaDiscoveryRequest) -> (&str, &str) {
         (&req.type_url, &req.response_nonce)
     }
-    fn response_keys(resp: &DeltaDiscoveryResponse) -> (&str, &str) {
+    fn response_keys(resp: &DeltaResponse) -> (&str, &str) {
         (&resp.type_url, &resp.nonce)
     }
 }
@@ -487,101 +480,6 @@ async fn run_stream<M: Machine>(
     info!(?peer, protocol = M::NAME, node = %machine.client().node_id, "xDS stream closed");
 }
 
-fn unary_unsupported() -> Status {
-    Status::unimplemented(
-        "eds-server serves xDS over streams only (REST-style Fetch is not supported)",
-    )
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServices {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(self.sotw(StreamKind::Aggregated, request))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(self.delta(StreamKind::Aggregated, request))
-    }
-}
-
-/// Implements one per-type discovery service by delegating to the shared glue.
-macro_rules! per_type_service {
-    ($trait:ident, $ty:expr, $sotw:ident, $sotw_stream:ident, $delta:ident, $delta_stream:ident, $fetch:ident) => {
-        #[tonic::async_trait]
-        impl $trait for XdsServices {
-            type $sotw_stream = BoxStream<DiscoveryResponse>;
-            type $delta_stream = BoxStream<DeltaDiscoveryResponse>;
-
-            async fn $sotw(
-                &self,
-                request: Request<Streaming<DiscoveryRequest>>,
-            ) -> Result<Response<Self::$sotw_stream>, Status> {
-                Ok(self.sotw(StreamKind::Single($ty), request))
-            }
-
-            async fn $delta(
-                &self,
-                request: Request<Streaming<DeltaDiscoveryRequest>>,
-            ) -> Result<Response<Self::$delta_stream>, Status> {
-                Ok(self.delta(StreamKind::Single($ty), request))
-            }
-
-            async fn $fetch(
-                &self,
-                _request: Request<DiscoveryRequest>,
-            ) -> Result<Response<DiscoveryResponse>, Status> {
-                Err(unary_unsupported())
-            }
-        }
-    };
-}
-
-per_type_service!(
-    EndpointDiscoveryService,
-    ResourceType::ClusterLoadAssignment,
-    stream_endpoints,
-    StreamEndpointsStream,
-    delta_endpoints,
-    DeltaEndpointsStream,
-    fetch_endpoints
-);
-per_type_service!(
-    ClusterDiscoveryService,
-    ResourceType::Cluster,
-    stream_clusters,
-    StreamClustersStream,
-    delta_clusters,
-    DeltaClustersStream,
-    fetch_clusters
-);
-per_type_service!(
-    ListenerDiscoveryService,
-    ResourceType::Listener,
-    stream_listeners,
-    StreamListenersStream,
-    delta_listeners,
-    DeltaListenersStream,
-    fetch_listeners
-);
-per_type_service!(
-    RouteDiscoveryService,
-    ResourceType::RouteConfiguration,
-    stream_routes,
-    StreamRoutesStream,
-    delta_routes,
-    DeltaRoutesStream,
-    fetch_routes
-);
-
 #[cfg(test)]
 mod tests {
     //! The glue in process: a real tonic server on loopback, a published
@@ -594,16 +492,16 @@ mod tests {
     use proto::xds::pb::envoy::admin::v3::ClientResourceStatus;
     use proto::xds::pb::envoy::config::core::v3::Node;
     use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
     use proto::xds::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
     use proto::xds::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
     use proto::xds::pb::envoy::service::status::v3::{ClientStatusRequest, ConfigStatus};
     use proto::xds::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
     use proto::xds::pb::envoy::r#type::matcher::v3::{NodeMatcher, RegexMatcher, StringMatcher};
-    use tokio_stream::wrappers::TcpListenerStream;
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
     use super::*;
     use crate::csds::CsdsService;
+    use crate::grpc::{Ads, XdsGrpc};
     use crate::source::SourceConfig;
     use crate::topology::{self, ServiceMeta, ServicePort, Topology, TopologySender};
 
@@ -654,7 +552,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(XdsServices(shared)))
+                .add_service(XdsGrpc::<Ads>::new(XdsServices(shared)))
                 .add_service(ClientStatusDiscoveryServiceServer::new(CsdsService::new(
                     Arc::clone(&clients),
                 )))

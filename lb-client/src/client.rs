@@ -2,7 +2,7 @@
 //! task, the per-service pools, the refresh timer and the fallbacks.
 //!
 //! ```text
-//!  LbClient::connect(config) --> control task (ADS)      --apply--> pools
+//!  LbClient::connect(config) --> control task (ADS: EDS endpoints, CDS policy) --apply--> pools
 //!                            --> refresh task (ticks)    --tick---> pools
 //!  client.channel(key)       --> pool (created once)     --> LbChannel
 //!                                 |-- seeded from the snapshot file
@@ -27,6 +27,7 @@ use tokio::task::AbortHandle;
 use tower::retry::budget::TpsBudget;
 
 use crate::channel::{CallSettings, LbChannel};
+use crate::cluster::ClusterPolicy;
 use crate::config::LbConfig;
 use crate::control::{ControlPlaneStatus, ControlTask};
 use crate::error::{BuildError, ChannelError};
@@ -102,6 +103,20 @@ impl Shared {
                 version.to_owned(),
                 self.config.eager_connect,
             );
+        }
+    }
+
+    /// Applies one accepted Cluster (or its absence from a CDS response) to
+    /// the service's pool; see [`ServicePool::set_cluster`].
+    pub(crate) fn apply_cluster(&self, name: &str, cluster: Option<ClusterPolicy>) {
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(pool) = pool {
+            pool.set_cluster(cluster);
         }
     }
 

@@ -207,11 +207,20 @@ pub enum HashSource {
 /// Per-service balancing options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceOptions {
-    /// The policy.
-    pub policy: Policy,
+    /// The policy, when the application chooses it. `None` (the default)
+    /// lets the control plane choose: the policy of the service's CDS
+    /// `Cluster`, which eds-server builds from the Service's
+    /// `eds.rs/lb-policy` annotation, and P2C (lb-core's default) until
+    /// one arrives, when there is none, or when it names a policy lb-client
+    /// does not implement. `Some` always wins over the control plane. The
+    /// debug view and the `lb_client_policy` metric say which applied
+    /// (`local`, `cds` or `default`).
+    pub policy: Option<Policy>,
     /// Hash key source for the hash policies.
     pub hash: HashSource,
-    /// Slow start for new endpoints (from their `ready_since`).
+    /// Slow start for new endpoints (from their `ready_since`). When the
+    /// policy comes from the control plane and its Cluster carries a
+    /// `slow_start_config`, that one is used instead.
     pub slow_start: Option<SlowStart>,
     /// Below this share of healthy endpoints, use all of them.
     pub panic_threshold: f64,
@@ -224,7 +233,7 @@ pub struct ServiceOptions {
 impl Default for ServiceOptions {
     fn default() -> Self {
         Self {
-            policy: Policy::P2c,
+            policy: None,
             hash: HashSource::Extension,
             slow_start: Some(SlowStart::default()),
             panic_threshold: 0.5,
@@ -235,10 +244,20 @@ impl Default for ServiceOptions {
 }
 
 impl ServiceOptions {
-    /// The lb-core balancer settings for a client in `zone`.
+    /// These options with the policy set by the application, so the
+    /// control plane's policy is not used.
+    pub fn with_policy(self, policy: Policy) -> Self {
+        Self {
+            policy: Some(policy),
+            ..self
+        }
+    }
+
+    /// The lb-core balancer settings for a client in `zone`, before any
+    /// policy from the control plane: the local policy, or lb-core's default.
     pub fn balancer_config(&self, zone: Option<String>) -> BalancerConfig {
         BalancerConfig {
-            policy: self.policy,
+            policy: self.policy.unwrap_or_default(),
             zone: zone.filter(|_| self.zone_affinity),
             slow_start: self.slow_start,
             panic_threshold: self.panic_threshold,

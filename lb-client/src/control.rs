@@ -3,13 +3,18 @@
 //!
 //! ```text
 //!        +--> connect --ok--> stream: subscribe / response -> verdict -> pools
-//!        |        |                                      \-> ACK or NACK
+//!        |        |                 (CDS: policy, EDS: endpoints)  \-> ACK or NACK
 //!   backoff <-----+--error / stream ends------------------+
 //! ```
 //!
-//! While the stream is down, pools keep their last endpoints: a control
-//! plane restart costs nothing but freshness. The task holds only a weak
-//! reference to the client, so dropping the last `LbClient` ends it.
+//! While the stream is down, pools keep their last endpoints and policies: a
+//! control plane restart costs nothing but freshness. The task holds only a
+//! weak reference to the client, so dropping the last `LbClient` ends it.
+//!
+//! CDS is asked for alongside EDS, and endpoints never wait for it. A server
+//! that ends the stream refusing the Cluster type (one that predates CDS)
+//! is asked for EDS only from the next connection on, so it keeps working
+//! with the local or default policy.
 //!
 //! Not protocol logic: `ads` decides what to send; this module moves bytes.
 
@@ -17,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Weak;
 
+use proto::resources::CLUSTER_TYPE_URL;
 use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -25,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::ads::{AdsSession, Verdict};
+use crate::ads::{AdsSession, Update, Verdict};
 use crate::client::Shared;
 use crate::config::Backoff;
 
@@ -36,8 +42,14 @@ pub struct ControlPlaneStatus {
     pub state: &'static str,
     /// Whether any response ever arrived (DNS fallback only before that).
     pub ever_answered: bool,
-    /// The last version accepted.
+    /// The last EDS version accepted.
     pub accepted_version: String,
+    /// The last CDS version accepted (empty before the first, or when the
+    /// server serves no CDS).
+    pub cluster_version: String,
+    /// The server refused CDS subscriptions, so policies come from local
+    /// configuration or the default.
+    pub cds_refused: bool,
     /// Responses accepted.
     pub acks: u64,
     /// Responses rejected.
@@ -146,7 +158,7 @@ impl ControlTask {
         // Requests are few (one per subscription change or response), so a
         // small queue never fills in practice; if it did, sending waits.
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-        if let Some(first) = session.on_connect() {
+        for first in session.on_connect() {
             let _ = tx.send(first).await;
         }
         let mut responses = match client
@@ -154,8 +166,13 @@ impl ControlTask {
             .await
         {
             Ok(r) => r.into_inner(),
-            Err(status) => return StreamEnd::Broken(format!("opening the ADS stream: {status}")),
+            Err(status) => {
+                self.cds_refused(session, &status, false);
+                return StreamEnd::Broken(format!("opening the ADS stream: {status}"));
+            }
         };
+        // Whether this stream ever carried a Cluster: then the server knows CDS.
+        let mut cds_answered = false;
         self.set_state("connected", None);
         if let Some(shared) = self.shared.upgrade() {
             shared.metrics.set_connected(true);
@@ -164,42 +181,66 @@ impl ControlTask {
             tokio::select! {
                 name = self.commands.recv() => {
                     let Some(name) = name else { return StreamEnd::ClientGone };
-                    if let Some(request) = session.subscribe(&name)
-                        && tx.send(request).await.is_err()
-                    {
-                        return StreamEnd::Broken("request stream closed".into());
+                    for request in session.subscribe(&name) {
+                        if tx.send(request).await.is_err() {
+                            return StreamEnd::Broken("request stream closed".into());
+                        }
                     }
                 }
                 message = responses.message() => {
                     let response = match message {
                         Ok(Some(r)) => r,
                         Ok(None) => return StreamEnd::Broken("the server ended the stream".into()),
-                        Err(status) => return StreamEnd::Broken(format!("stream failed: {status}")),
+                        Err(status) => {
+                            self.cds_refused(session, &status, cds_answered);
+                            return StreamEnd::Broken(format!("stream failed: {status}"));
+                        }
                     };
                     *failures = 0;
                     let Some(shared) = self.shared.upgrade() else { return StreamEnd::ClientGone };
                     let reply = match session.on_response(&response) {
-                        Verdict::Accepted { updates, unrequested, ack } => {
+                        Verdict::Accepted { update, unrequested, ack } => {
                             if !unrequested.is_empty() {
                                 tracing::debug!(?unrequested, "ignoring resources this client did not ask for");
                             }
                             let version = response.version_info.clone();
-                            for (parsed, raw) in updates {
-                                saved.insert(parsed.name.clone(), raw);
-                                shared.apply(parsed, &version);
+                            let is_eds = matches!(update, Update::Endpoints(_));
+                            match update {
+                                Update::Endpoints(updates) => {
+                                    for (parsed, raw) in updates {
+                                        saved.insert(parsed.name.clone(), raw);
+                                        shared.apply(parsed, &version);
+                                    }
+                                    self.persist(saved);
+                                }
+                                Update::Clusters { clusters, absent } => {
+                                    cds_answered = true;
+                                    for cluster in clusters {
+                                        let name = cluster.name.clone();
+                                        shared.apply_cluster(&name, Some(cluster));
+                                    }
+                                    // Complete by protocol: a missing Cluster is gone, and
+                                    // its service falls back to the local or default policy.
+                                    for name in absent {
+                                        shared.apply_cluster(&name, None);
+                                    }
+                                }
                             }
                             shared.metrics.update(true);
                             shared.with_status(|s| {
                                 s.ever_answered = true;
                                 s.acks += 1;
-                                s.accepted_version.clone_from(&version);
+                                if is_eds {
+                                    s.accepted_version.clone_from(&version);
+                                } else {
+                                    s.cluster_version.clone_from(&version);
+                                }
                                 s.failed_attempts = 0;
                             });
-                            self.persist(saved);
                             ack
                         }
-                        Verdict::Rejected { errors, nack } => {
-                            tracing::warn!(?errors, nonce = %response.nonce, "rejecting an xDS response; keeping the last good endpoints");
+                        Verdict::Rejected { resource_type, errors, nack } => {
+                            tracing::warn!(?errors, r#type = resource_type.short_name(), nonce = %response.nonce, "rejecting an xDS response; keeping the last good state");
                             shared.metrics.update(false);
                             shared.with_status(|s| {
                                 s.ever_answered = true;
@@ -208,6 +249,10 @@ impl ControlTask {
                             });
                             nack
                         }
+                        Verdict::Unexpected { type_url } => {
+                            tracing::warn!(%type_url, nonce = %response.nonce, "ignoring a response of a type this client never asked for");
+                            continue;
+                        }
                     };
                     drop(shared);
                     if tx.send(reply).await.is_err() {
@@ -215,6 +260,27 @@ impl ControlTask {
                     }
                 }
             }
+        }
+    }
+
+    /// Turns CDS off when the stream ended with the server refusing the
+    /// Cluster type before ever sending one (eds-server answers an unknown
+    /// type with INVALID_ARGUMENT naming it; others say UNIMPLEMENTED).
+    fn cds_refused(&self, session: &mut AdsSession, status: &tonic::Status, cds_answered: bool) {
+        let refused = session.cds_enabled()
+            && !cds_answered
+            && matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::Unimplemented
+            )
+            && status.message().contains(CLUSTER_TYPE_URL);
+        if !refused {
+            return;
+        }
+        tracing::warn!(error = %status.message(), "the control plane refuses CDS; subscribing to endpoints only, with local or default policies");
+        session.disable_cds();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.with_status(|s| s.cds_refused = true);
         }
     }
 

@@ -2,7 +2,7 @@
 //! eds-server over ADS.
 //!
 //! ```text
-//!  eds-server --ADS (EDS)--> control --> pool per service --> LbChannel (tower Service)
+//!  eds-server --ADS (EDS, CDS)--> control --> pool per service --> LbChannel (tower Service)
 //!                              |          lb-core Balancer         |
 //!                      snapshot file      conn per endpoint        v
 //!                      DNS fallback       outlier detector   tonic generated client
@@ -20,19 +20,30 @@
 //! ```
 //!
 //! Every request is balanced on its own with the service's policy from
-//! `lb-core` (P2C on in-flight requests by default), zone affinity from
-//! `LbConfig::zone` (or `$EDS_ZONE`), slow start from each endpoint's
-//! `ready_since`, outlier ejection from gRPC statuses and transport errors,
-//! draining endpoints only as a last resort, and a panic threshold.
+//! `lb-core`, zone affinity from `LbConfig::zone` (or `$EDS_ZONE`), slow
+//! start from each endpoint's `ready_since`, outlier ejection from gRPC
+//! statuses and transport errors, draining endpoints only as a last resort,
+//! and a panic threshold.
 //!
-//! What it is not: a general xDS client (it subscribes to EDS only; policies
-//! come from [`LbConfig`], not from CDS), or a TLS client towards backends
-//! (connections to endpoints are plaintext HTTP/2, as pod-to-pod gRPC in a
-//! mesh-less cluster usually is; TLS is for the control plane).
+//! The policy of a service is, in order: the application's, when
+//! [`ServiceOptions::policy`] is set; else the one the operator put on the
+//! Kubernetes Service (`eds.rs/lb-policy`), which eds-server serves in the
+//! service's CDS `Cluster` and lb-client reads over the same ADS stream
+//! ([`cluster`] says how each Cluster field maps); else P2C on in-flight
+//! requests. Endpoints never wait for the Cluster. The debug view
+//! ([`ServiceDebug::policy_source`]) and the `lb_client_policy` metric say
+//! which one applies: `local`, `cds` or `default`.
+//!
+//! What it is not: a general xDS client (EDS and CDS for the keys it is
+//! asked for; no LDS, RDS or delta, so a hash header comes from
+//! [`ServiceOptions::hash`], not from routes), or a TLS client towards
+//! backends (connections to endpoints are plaintext HTTP/2, as pod-to-pod
+//! gRPC in a mesh-less cluster usually is; TLS is for the control plane).
 
 mod ads;
 mod channel;
 mod client;
+pub mod cluster;
 mod config;
 mod conn;
 mod control;
@@ -41,14 +52,15 @@ mod metrics;
 mod persist;
 mod pool;
 
-pub use ads::{AdsSession, Verdict};
+pub use ads::{AdsSession, Update, Verdict};
 pub use channel::{BoxError, LbChannel};
 pub use client::{ClientDebug, LbClient};
+pub use cluster::{ClusterError, ClusterPolicy, parse_cluster};
 pub use config::{Backoff, DnsFallback, HashSource, LbConfig, RetryConfig, ServiceOptions};
 pub use control::ControlPlaneStatus;
 pub use error::{BuildError, ChannelError, RequestError};
 pub use persist::SnapshotFileError;
-pub use pool::{EndpointDebug, PickRecord, ServiceDebug, Source};
+pub use pool::{EndpointDebug, PickRecord, PolicySource, ServiceDebug, Source};
 
 /// A request extension carrying the hash key for the hash policies, set by
 /// the caller: `request.extensions_mut().insert(HashKey::from_str_key("user-42"))`.

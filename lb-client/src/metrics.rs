@@ -9,6 +9,7 @@
 //!  lb_client_retries_total{service}                     counter (never-sent requests retried)
 //!  lb_client_control_plane_connected                    gauge 0/1
 //!  lb_client_control_plane_updates_total{result}        counter (ack | nack)
+//!  lb_client_policy{service,policy,source}              gauge 1 (source: local | cds | default)
 //! ```
 //!
 //! Not an exporter: the application serves [`crate::LbClient::metrics_text`]
@@ -16,13 +17,15 @@
 
 use std::net::SocketAddr;
 
-use lb_core::PickReason;
 use lb_core::outlier::{EjectionReason, Outcome};
+use lb_core::{PickReason, Policy};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::pool::PolicySource;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
@@ -47,6 +50,13 @@ struct OutcomeLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    service: String,
+    policy: &'static str,
+    source: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +107,7 @@ pub(crate) struct Metrics {
     retries: Family<ServiceLabels, Counter>,
     connected: Gauge,
     updates: Family<ResultLabels, Counter>,
+    policies: Family<PolicyLabels, Gauge>,
 }
 
 impl Metrics {
@@ -109,6 +120,7 @@ impl Metrics {
         let retries = Family::default();
         let connected = Gauge::default();
         let updates = Family::default();
+        let policies = Family::default();
         registry.register("picks", "Endpoint picks by reason", picks.clone());
         registry.register("requests", "Finished requests by outcome", requests.clone());
         registry.register(
@@ -136,6 +148,11 @@ impl Metrics {
             "xDS responses accepted (ack) or rejected (nack)",
             updates.clone(),
         );
+        registry.register(
+            "policy",
+            "1 for each service's balancing policy, labelled with where it came from (local, cds or default)",
+            policies.clone(),
+        );
         Self {
             registry,
             picks,
@@ -145,6 +162,7 @@ impl Metrics {
             retries,
             connected,
             updates,
+            policies,
         }
     }
 
@@ -227,6 +245,24 @@ impl Metrics {
                 result: if accepted { "ack" } else { "nack" },
             })
             .inc();
+    }
+
+    /// Moves a service's policy series from `old` to `new`.
+    pub(crate) fn set_policy(
+        &self,
+        service: &str,
+        old: Option<(Policy, PolicySource)>,
+        new: (Policy, PolicySource),
+    ) {
+        let labels = |(policy, source): (Policy, PolicySource)| PolicyLabels {
+            service: service.to_owned(),
+            policy: policy.as_str(),
+            source: source.as_str(),
+        };
+        if let Some(old) = old.filter(|o| *o != new) {
+            self.policies.remove(&labels(old));
+        }
+        self.policies.get_or_create(&labels(new)).set(1);
     }
 
     pub(crate) fn encode(&self) -> String {

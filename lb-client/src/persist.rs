@@ -12,7 +12,9 @@
 //! control plane or DNS instead. Writes go to a temporary file renamed into
 //! place, so a crash mid-write leaves the previous snapshot.
 //!
-//! Not a cache of anything else: policies come from configuration.
+//! Not a cache of anything else: policies are not kept, so a cold start
+//! balances with the local or default policy until the control plane's
+//! Cluster arrives.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -5,6 +5,8 @@
 //! ```text
 //!  update(set) --> handles (kept by address: connections and stats survive)
 //!              --> balancer.set_endpoints --> refresh (ejections, down conns)
+//!  set_cluster(policy from CDS) --> local policy set? keep it : rebuild the
+//!              balancer with the Cluster's policy (or the default) over the same set
 //!  pick(hash)  --> balancer.pick over live in-flight counters --> Arc<EndpointHandle> + InFlight
 //!  record(outcome) --> outlier detector --(ejection)--> refresh
 //!  tick(now)   --> success-rate evaluation, slow-start ramp, metrics sample
@@ -13,6 +15,10 @@
 //! The lock is held for a pick (tens of nanoseconds) and for updates, never
 //! across IO. Load lives in atomics on the handles so a response finishing
 //! never needs the lock just to decrement a counter.
+//!
+//! The policy: the application's when it set one ([`ServiceOptions::policy`]),
+//! else the service's CDS Cluster's ([`crate::cluster`]), else lb-core's
+//! default; [`PolicySource`] records which, for the debug view and metrics.
 //!
 //! Not the network side: `channel` sends, `conn` connects.
 
@@ -25,12 +31,15 @@ use std::time::{Duration, Instant, SystemTime};
 use lb_core::load::PeakEwma;
 use lb_core::outlier::{EjectionReason, Outcome, OutlierConfig, OutlierDetector};
 use lb_core::rng::hash_bytes;
+use lb_core::slow_start::SlowStart;
 use lb_core::{
-    Balancer, Endpoint, EndpointSet, Load, Pick, PickError, PickReason, ServiceKey, SmallRng, Tier,
+    Balancer, BalancerConfig, Endpoint, EndpointSet, Load, Pick, PickError, PickReason, Policy,
+    ServiceKey, SmallRng, Tier,
 };
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::cluster::ClusterPolicy;
 use crate::config::{HashSource, ServiceOptions};
 use crate::conn::Connection;
 use crate::error::ChannelError;
@@ -50,6 +59,80 @@ pub enum Source {
     Dns,
     /// Given by the application ([`crate::LbClient::set_endpoints`]).
     Static,
+}
+
+/// Where a service's balancing policy came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicySource {
+    /// The application's configuration ([`ServiceOptions::policy`] set).
+    Local,
+    /// The service's CDS Cluster (eds-server: the `eds.rs/lb-policy` annotation).
+    Cds,
+    /// lb-core's default (P2C): no local policy, and no usable Cluster (none
+    /// yet, none served, or one asking only for unsupported policies).
+    Default,
+}
+
+impl PolicySource {
+    /// `local`, `cds` or `default`, as in the debug view and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicySource::Local => "local",
+            PolicySource::Cds => "cds",
+            PolicySource::Default => "default",
+        }
+    }
+}
+
+/// The policy and slow start one service balances with, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Effective {
+    pub(crate) policy: Policy,
+    pub(crate) slow_start: Option<SlowStart>,
+    pub(crate) source: PolicySource,
+    /// What the operator should know: a Cluster's policy overridden locally
+    /// or not supported.
+    pub(crate) note: Option<String>,
+}
+
+/// Local configuration wins; then the Cluster; then the default. A Cluster's
+/// slow start replaces the local one only when its policy is used.
+pub(crate) fn effective(options: &ServiceOptions, cluster: Option<&ClusterPolicy>) -> Effective {
+    match (options.policy, cluster) {
+        (Some(policy), cluster) => Effective {
+            policy,
+            slow_start: options.slow_start,
+            source: PolicySource::Local,
+            note: cluster
+                .and_then(|c| c.policy)
+                .filter(|p| *p != policy)
+                .map(|p| format!("the control plane asks for {p}; the local policy wins")),
+        },
+        (None, Some(c)) => match c.policy {
+            Some(policy) => Effective {
+                policy,
+                slow_start: c.slow_start.or(options.slow_start),
+                source: PolicySource::Cds,
+                note: None,
+            },
+            None => Effective {
+                policy: Policy::default(),
+                slow_start: options.slow_start,
+                source: PolicySource::Default,
+                note: Some(format!(
+                    "the Cluster asks only for policies lb-client does not support ({}); using the default",
+                    c.unsupported.join(", ")
+                )),
+            },
+        },
+        (None, None) => Effective {
+            policy: Policy::default(),
+            slow_start: options.slow_start,
+            source: PolicySource::Default,
+            note: None,
+        },
+    }
 }
 
 /// One endpoint: its metadata, its connection and its load. A metadata
@@ -210,6 +293,11 @@ struct Inner {
     outlier: OutlierDetector<SocketAddr>,
     rng: SmallRng,
     recent: VecDeque<PickRecord>,
+    /// The last Cluster from the control plane, `None` until one arrives
+    /// (or after it was deleted).
+    cluster: Option<ClusterPolicy>,
+    policy_source: PolicySource,
+    policy_note: Option<String>,
 }
 
 /// What every pool of one client shares.
@@ -227,6 +315,8 @@ pub(crate) struct PoolContext {
 pub(crate) struct ServicePool {
     pub(crate) key: ServiceKey,
     pub(crate) name: String,
+    /// The application's options, against which each Cluster is weighed.
+    options: ServiceOptions,
     hash_header: Option<http::HeaderName>,
     connect_timeout: Duration,
     epoch: Instant,
@@ -262,17 +352,23 @@ impl ServicePool {
             epoch,
             metrics,
         } = context;
-        let balancer = Balancer::new(options.balancer_config(zone)).map_err(|source| {
-            crate::error::BuildError::Balancer {
-                service: name.clone(),
-                source,
-            }
+        let start = effective(options, None);
+        let balancer = Balancer::new(BalancerConfig {
+            policy: start.policy,
+            slow_start: start.slow_start,
+            ..options.balancer_config(zone)
+        })
+        .map_err(|source| crate::error::BuildError::Balancer {
+            service: name.clone(),
+            source,
         })?;
+        metrics.set_policy(&name, None, (start.policy, start.source));
         let outlier = OutlierDetector::new(outlier).map_err(crate::error::BuildError::Outlier)?;
         let seed = hash_bytes(name.as_bytes()) ^ epoch.elapsed().as_nanos() as u64;
         Ok(Self {
             key,
             name,
+            options: options.clone(),
             hash_header,
             connect_timeout,
             epoch,
@@ -286,6 +382,9 @@ impl ServicePool {
                 outlier,
                 rng: SmallRng::seed_from_u64(seed),
                 recent: VecDeque::with_capacity(RECENT_PICKS),
+                cluster: None,
+                policy_source: start.source,
+                policy_note: start.note,
             }),
             has_endpoints: AtomicBool::new(false),
             total_in_flight: AtomicU64::new(0),
@@ -376,6 +475,60 @@ impl ServicePool {
             }
         }
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// A Cluster from the control plane (`None`: it was deleted or is not
+    /// served). Rebuilds the balancer over the same endpoints when the
+    /// policy or slow start changes; connections, load and outlier state
+    /// live outside it and carry over.
+    pub(crate) fn set_cluster(&self, cluster: Option<ClusterPolicy>) {
+        let mut inner = self.lock();
+        if inner.cluster == cluster {
+            return;
+        }
+        let next = effective(&self.options, cluster.as_ref());
+        inner.cluster = cluster;
+        let current = inner.balancer.config();
+        let before = (current.policy, inner.policy_source);
+        if next.policy != current.policy || next.slow_start != current.slow_start {
+            let config = BalancerConfig {
+                policy: next.policy,
+                slow_start: next.slow_start,
+                ..current.clone()
+            };
+            match Balancer::new(config) {
+                Ok(mut balancer) => {
+                    balancer.set_endpoints(&inner.set, SystemTime::now());
+                    inner.balancer = balancer;
+                    self.refresh_locked(&mut inner);
+                }
+                Err(e) => {
+                    // Only settings validated at start go in, so this is not expected.
+                    tracing::warn!(service = %self.name, error = %e, "cannot balance with the control plane's policy; keeping the current one");
+                    return;
+                }
+            }
+        }
+        let from = inner
+            .cluster
+            .as_ref()
+            .map_or("", |c| c.chosen_from.as_str());
+        match (&next.note, next.source) {
+            (Some(note), PolicySource::Default) => {
+                tracing::warn!(service = %self.name, policy = %next.policy, "{note}");
+            }
+            (Some(note), _) => {
+                tracing::debug!(service = %self.name, policy = %next.policy, "{note}");
+            }
+            (None, source) if before != (next.policy, source) => {
+                tracing::info!(service = %self.name, policy = %next.policy, source = source.as_str(), %from, "balancing policy set");
+            }
+            (None, _) => {}
+        }
+        self.metrics
+            .set_policy(&self.name, Some(before), (next.policy, next.source));
+        inner.policy_source = next.source;
+        inner.policy_note = next.note;
     }
 
     fn refresh_locked(&self, inner: &mut Inner) {
@@ -497,6 +650,8 @@ impl ServicePool {
             source: inner.source,
             version: inner.version.clone(),
             policy: inner.balancer.config().policy.to_string(),
+            policy_source: inner.policy_source,
+            policy_note: inner.policy_note.clone(),
             tier: inner.balancer.tier(),
             usable: inner.balancer.usable_count(),
             zone_shares: inner
@@ -546,6 +701,11 @@ pub struct ServiceDebug {
     pub version: String,
     /// The balancing policy.
     pub policy: String,
+    /// Where the policy came from: `local`, `cds` or `default`.
+    pub policy_source: PolicySource,
+    /// Why the policy is not the Cluster's, when that is worth knowing (a
+    /// local override, or a Cluster asking only for unsupported policies).
+    pub policy_note: Option<String>,
     /// The tier picks come from.
     pub tier: Tier,
     /// Endpoints picks may choose from.
@@ -596,6 +756,55 @@ pub struct EndpointDebug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cds(policy: Option<Policy>, slow: Option<SlowStart>) -> ClusterPolicy {
+        ClusterPolicy {
+            name: "echo.demo:8080".into(),
+            policy,
+            slow_start: slow,
+            chosen_from: "test".into(),
+            unsupported: if policy.is_none() {
+                vec!["type.googleapis.com/acme.Lb".into()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    #[test]
+    fn local_policy_wins_then_the_cluster_then_the_default() {
+        let ramp = SlowStart::new(Duration::from_secs(60), 1.0, 0.1).unwrap();
+        let unset = ServiceOptions::default();
+        assert_eq!(unset.policy, None, "the control plane decides by default");
+
+        let e = effective(&unset, None);
+        assert_eq!(
+            (e.policy, e.source, e.note),
+            (Policy::P2c, PolicySource::Default, None)
+        );
+        assert_eq!(e.slow_start, unset.slow_start);
+
+        let e = effective(&unset, Some(&cds(Some(Policy::RoundRobin), Some(ramp))));
+        assert_eq!(
+            (e.policy, e.source),
+            (Policy::RoundRobin, PolicySource::Cds)
+        );
+        assert_eq!(e.slow_start, Some(ramp), "the Cluster's slow start");
+        let e = effective(&unset, Some(&cds(Some(Policy::RingHash), None)));
+        assert_eq!(e.slow_start, unset.slow_start, "else the local one");
+
+        let e = effective(&unset, Some(&cds(None, Some(ramp))));
+        assert_eq!((e.policy, e.source), (Policy::P2c, PolicySource::Default));
+        assert!(e.note.unwrap().contains("acme.Lb"));
+
+        let local = ServiceOptions::default().with_policy(Policy::Random);
+        let e = effective(&local, Some(&cds(Some(Policy::RoundRobin), Some(ramp))));
+        assert_eq!((e.policy, e.source), (Policy::Random, PolicySource::Local));
+        assert_eq!(e.slow_start, local.slow_start, "local settings stay whole");
+        assert!(e.note.unwrap().contains("round-robin"));
+        let e = effective(&local, Some(&cds(Some(Policy::Random), None)));
+        assert_eq!(e.note, None, "nothing to say when they agree");
+    }
 
     #[test]
     fn request_uri_gets_scheme_and_the_endpoints_authority() {

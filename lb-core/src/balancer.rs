@@ -45,10 +45,13 @@ use crate::zone::{ZoneCapacity, spill_shares};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
-    /// Power of two choices on in-flight requests (the default).
+    /// Least request on in-flight requests divided by effective weight (the
+    /// default): the least loaded of every candidate in the chosen zone when
+    /// there are at most [`crate::pick::SCAN_ALL_UP_TO`], power of two
+    /// choices above that; ties broken at random (see [`crate::pick`]).
     #[default]
     P2c,
-    /// Power of two choices on peak-EWMA latency times pending requests.
+    /// The same choice rule on peak-EWMA latency times pending requests.
     PeakEwma,
     /// Round robin.
     RoundRobin,

@@ -364,7 +364,8 @@ async fn demo(
     config.eager_connect = true;
     config.wait_for_endpoints = Duration::from_secs(30);
     config.default_service = ServiceOptions {
-        policy: Policy::P2c,
+        // Explicit, so an annotation on the demo Service cannot change the comparison.
+        policy: Some(Policy::P2c),
         // Every pod became ready seconds ago; a ramp would only blur the comparison.
         slow_start: None,
         ..ServiceOptions::default()

@@ -18,7 +18,7 @@ use eds_tests::harness::{
     eventually,
 };
 use eds_tests::server::{Server, start_server, wait_ready};
-use lb_client::{HashSource, LbClient, LbConfig, ServiceOptions, Source};
+use lb_client::{HashSource, LbClient, LbConfig, PolicySource, ServiceOptions, Source};
 use lb_core::Policy;
 use lb_core::outlier::OutlierConfig;
 use lb_core::slow_start::SlowStart;
@@ -36,6 +36,11 @@ struct Fleet {
 
 impl Fleet {
     async fn new(prefix: &str) -> anyhow::Result<Self> {
+        Self::annotated(prefix, &[]).await
+    }
+
+    /// A fleet whose Service carries `annotations` (`eds.rs/lb-policy`, ...).
+    async fn annotated(prefix: &str, annotations: &[(&str, &str)]) -> anyhow::Result<Self> {
         let cluster = TestCluster::shared()?;
         let ns = cluster.namespace(prefix).await?;
         for zone in ["zone-a", "zone-b"] {
@@ -49,7 +54,7 @@ impl Fleet {
                 port: 8080,
                 target: Target::Name("grpc".into()),
             }],
-            &[],
+            annotations,
         )
         .await?;
         Ok(Self {
@@ -60,6 +65,23 @@ impl Fleet {
 
     fn key(&self) -> String {
         format!("echo.{}:8080", self.ns.name())
+    }
+
+    /// Sets (or with `None` removes) an annotation on the Service, as an
+    /// operator's `kubectl annotate` would.
+    async fn annotate(&self, key: &str, value: Option<&str>) -> anyhow::Result<()> {
+        let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(self.ns.client().clone(), self.ns.name());
+        let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+        services
+            .patch(
+                "echo",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .with_context(|| format!("annotating the echo Service with {key}={value:?}"))?;
+        Ok(())
     }
 
     async fn add(&mut self, name: &str, zone: &str, opts: &EchoOptions) -> anyhow::Result<usize> {
@@ -107,7 +129,7 @@ fn config(server: &Server, zone: Option<&str>, options: ServiceOptions) -> LbCon
 
 fn options(policy: Policy) -> ServiceOptions {
     ServiceOptions {
-        policy,
+        policy: Some(policy),
         slow_start: None,
         ..ServiceOptions::default()
     }
@@ -221,6 +243,140 @@ async fn until_endpoints(client: &LbClient, key: &str, n: usize) -> anyhow::Resu
         },
     )
     .await
+}
+
+/// Waits until the client balances `key` with `policy`, taken from `source`.
+async fn until_policy(
+    client: &LbClient,
+    key: &str,
+    policy: &str,
+    source: PolicySource,
+) -> anyhow::Result<()> {
+    eventually(
+        &format!(
+            "lb-client balances {key} with {policy} ({})",
+            source.as_str()
+        ),
+        WAIT,
+        || async {
+            let d = client.debug();
+            Ok(match d.services.iter().find(|s| s.service == key) {
+                Some(s) if s.policy == policy && s.policy_source == source => Ok(()),
+                Some(s) => Err(format!(
+                    "{} ({}), note {:?}, CDS version {:?}",
+                    s.policy,
+                    s.policy_source.as_str(),
+                    s.policy_note,
+                    d.control_plane.cluster_version
+                )),
+                None => Err("not subscribed".to_owned()),
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_annotated_policy_applies_when_the_client_sets_none() -> anyhow::Result<()> {
+    let mut fleet = Fleet::annotated("lbc-cds", &[("eds.rs/lb-policy", "round-robin")]).await?;
+    for i in 0..3 {
+        fleet
+            .add(&format!("echo-{i}"), "zone-a", &EchoOptions::default())
+            .await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    // No local policy; only where a hash key would come from, should the
+    // operator choose a hashing policy.
+    let unset = ServiceOptions {
+        slow_start: None,
+        hash: HashSource::Header("x-user".into()),
+        ..ServiceOptions::default()
+    };
+    assert!(unset.policy.is_none());
+    let client = LbClient::connect(config(&server, None, unset))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 3).await?;
+    until_policy(&client, &key, "round-robin", PolicySource::Cds).await?;
+
+    // Round robin, one request at a time: the pods take turns in a fixed
+    // cycle, so each gets exactly a third (P2C would only get close).
+    let t = load(channel.clone(), 1, 300, None, echo(0)).await;
+    ensure!(t.errors.is_empty(), "errors: {:?}", t.errors);
+    eprintln!(
+        "eds.rs/lb-policy: round-robin, no local policy: {:?}",
+        t.by_pod
+    );
+    ensure!(
+        t.by_pod.len() == 3 && t.by_pod.values().all(|n| *n == 100),
+        "not round robin: {:?}",
+        t.by_pod
+    );
+    for (i, w) in t.timeline.windows(4).enumerate() {
+        ensure!(
+            w[0].1 == w[3].1,
+            "request {} broke the cycle: {:?}",
+            i + 3,
+            &t.timeline[i..i + 4]
+        );
+    }
+
+    // A client that chose its policy keeps it; the debug view says why.
+    let local = LbClient::connect(config(&server, None, options(Policy::P2c)))?;
+    let _ = local.channel(&key)?;
+    until_endpoints(&local, &key, 3).await?;
+    eventually("the local client's Cluster arrives", WAIT, || async {
+        let d = local.debug();
+        Ok(match d.services[0].policy_note.as_deref() {
+            Some(note) if note.contains("round-robin") => Ok(()),
+            other => Err(format!(
+                "{other:?}, CDS {:?}",
+                d.control_plane.cluster_version
+            )),
+        })
+    })
+    .await?;
+    until_policy(&local, &key, "p2c", PolicySource::Local).await?;
+
+    // The operator switches the Service to ring hash: the client follows
+    // without a restart, and a user's requests now stick to one pod.
+    fleet
+        .annotate("eds.rs/lb-policy", Some("ring-hash"))
+        .await?;
+    until_policy(&client, &key, "ring-hash", PolicySource::Cds).await?;
+    let mut echo_client = EchoClient::new(channel.clone());
+    let mut by_user: BTreeMap<usize, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for round in 0..4 {
+        for u in 0..20 {
+            let mut req = tonic::Request::new(EchoRequest {
+                message: format!("{round}"),
+                work_us: 0,
+            });
+            req.metadata_mut()
+                .insert("x-user", format!("user-{u}").parse()?);
+            let pod = echo_client.echo(req).await?.into_inner().pod;
+            by_user.entry(u).or_default().insert(pod);
+        }
+    }
+    for (u, pods) in &by_user {
+        ensure!(pods.len() == 1, "user-{u} went to {pods:?} under ring hash");
+    }
+    let spread: std::collections::BTreeSet<_> = by_user.values().flatten().collect();
+    eprintln!("eds.rs/lb-policy: ring-hash: 20 users on {spread:?}");
+    ensure!(spread.len() >= 2, "20 keys should spread: {spread:?}");
+
+    // Without the annotation the server's default, least request, is P2C here.
+    fleet.annotate("eds.rs/lb-policy", None).await?;
+    until_policy(&client, &key, "p2c", PolicySource::Cds).await?;
+    ensure!(
+        client.metrics_text().contains(&format!(
+            "lb_client_policy{{service=\"{key}\",policy=\"p2c\",source=\"cds\"}} 1"
+        )),
+        "policy metric: {}",
+        client.metrics_text()
+    );
+    drop(server);
+    fleet.delete().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

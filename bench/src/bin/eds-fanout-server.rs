@@ -46,6 +46,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use clap::Parser;
+use eds_server::grpc::{Ads, Eds, XdsGrpc};
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::serve::{ClientRegistry, Shared, XdsServices};
@@ -56,8 +57,6 @@ use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceS
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use proto::xds::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The benchmark's Service: namespace, name, port.
@@ -304,7 +303,7 @@ async fn cla(
         name,
         &ClientInfo::new("fanout-driver", None),
     ) {
-        Lookup::Found(resource) => Ok(resource.body().value.clone()),
+        Lookup::Found(resource) => Ok(resource.value().to_vec()),
         other => Err((StatusCode::NOT_FOUND, format!("{name}: {other:?}"))),
     }
 }
@@ -342,9 +341,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let services = XdsServices(Arc::clone(&shared));
     let xds = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(services.clone()))
-            .add_service(EndpointDiscoveryServiceServer::new(services))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
+            .add_service(XdsGrpc::<Ads>::new(services.clone()))
+            .add_service(XdsGrpc::<Eds>::new(services))
+            // As eds-server's own listener: Nagle off.
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true)),
+            ),
     );
     let app = axum::Router::new()
         .route("/change", post(change))

@@ -32,8 +32,9 @@
 //! `ProcUsage` is the fallback) and receive times in the load generator,
 //! which includes loopback TCP and the load generator's own scheduling. The
 //! load generator decodes only `version_info`/`nonce`/`type_url` (delta:
-//! each resource's name and version) with a minimal prost message, so the
-//! CLA bytes are skipped rather than parsed. What is not measured: CPU
+//! each resource's name and version) with a minimal prost message, straight
+//! from the HTTP/2 frames it received (`eds_bench::grpc_stream`), so the
+//! CLA bytes are neither copied nor parsed. What is not measured: CPU
 //! before t0 (connection set-up, initial responses), the ACKs' processing
 //! after the last receipt, TLS, real Envoy or gRPC clients, and
 //! Kubernetes (eds-server's watchers are replaced by the synthetic index
@@ -53,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use eds_bench::grpc_stream::{Connection, Windows};
 use eds_bench::machine::{Machine, ProcUsage};
 use eds_bench::report::{
     BenchResult, Better, Chart, ChartKind, Row, Series, Target, median, quantile,
@@ -62,12 +64,7 @@ use eds_tests::process::{ChildProcess, Lifetime, log_tail};
 use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
-use tonic_prost::ProstCodec;
 
 /// The resource every subscriber asks for (eds-server's canonical key).
 const RESOURCE: &str = "echo.bench:8080";
@@ -281,72 +278,52 @@ fn node(i: usize) -> Node {
     }
 }
 
-async fn sotw_subscriber(channel: Channel, i: usize, load: Arc<Load>) -> anyhow::Result<()> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(4);
-    tx.send(DiscoveryRequest {
+async fn sotw_subscriber(conn: Connection, i: usize, load: Arc<Load>) -> anyhow::Result<()> {
+    let first = DiscoveryRequest {
         node: Some(node(i)),
         type_url: EDS_TYPE.into(),
         resource_names: vec![RESOURCE.into()],
         ..Default::default()
-    })
-    .await?;
-    grpc.ready().await.context("connection not ready")?;
-    let mut responses = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            PathAndQuery::from_static(SOTW_PATH),
-            ProstCodec::<DiscoveryRequest, SotwLite>::default(),
-        )
-        .await?
-        .into_inner();
+    };
+    let mut stream = conn.open(SOTW_PATH, &first).await?;
     let mut initial = None;
-    while let Some(response) = responses.message().await? {
+    while let Some(response) = stream.message::<SotwLite>().await? {
         let at = Instant::now();
         load.received(i, &mut initial, &response.version_info, at);
-        tx.send(DiscoveryRequest {
-            version_info: response.version_info,
-            response_nonce: response.nonce,
-            type_url: response.type_url,
-            resource_names: vec![RESOURCE.into()],
-            ..Default::default()
-        })
-        .await?;
+        stream
+            .send(&DiscoveryRequest {
+                version_info: response.version_info,
+                response_nonce: response.nonce,
+                type_url: response.type_url,
+                resource_names: vec![RESOURCE.into()],
+                ..Default::default()
+            })
+            .await?;
     }
     Ok(())
 }
 
-async fn delta_subscriber(channel: Channel, i: usize, load: Arc<Load>) -> anyhow::Result<()> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(4);
-    tx.send(DeltaDiscoveryRequest {
+async fn delta_subscriber(conn: Connection, i: usize, load: Arc<Load>) -> anyhow::Result<()> {
+    let first = DeltaDiscoveryRequest {
         node: Some(node(i)),
         type_url: EDS_TYPE.into(),
         resource_names_subscribe: vec![RESOURCE.into()],
         ..Default::default()
-    })
-    .await?;
-    grpc.ready().await.context("connection not ready")?;
-    let mut responses = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            PathAndQuery::from_static(DELTA_PATH),
-            ProstCodec::<DeltaDiscoveryRequest, DeltaLite>::default(),
-        )
-        .await?
-        .into_inner();
+    };
+    let mut stream = conn.open(DELTA_PATH, &first).await?;
     let mut initial = None;
-    while let Some(response) = responses.message().await? {
+    while let Some(response) = stream.message::<DeltaLite>().await? {
         let at = Instant::now();
         if let Some(r) = response.resources.iter().find(|r| r.name == RESOURCE) {
             load.received(i, &mut initial, &r.version, at);
         }
-        tx.send(DeltaDiscoveryRequest {
-            type_url: response.type_url,
-            response_nonce: response.nonce,
-            ..Default::default()
-        })
-        .await?;
+        stream
+            .send(&DeltaDiscoveryRequest {
+                type_url: response.type_url,
+                response_nonce: response.nonce,
+                ..Default::default()
+            })
+            .await?;
     }
     Ok(())
 }
@@ -365,13 +342,14 @@ async fn subscribe(
         // Large flow-control windows, as Envoy configures them: the default
         // 64 KiB connection window would throttle 100 streams of ~50 KiB
         // responses on either server.
-        let channel = Endpoint::from_shared(format!("http://{xds}"))?
-            .initial_connection_window_size(16 << 20)
-            .initial_stream_window_size(1 << 20)
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to the xDS server at {xds}"))?;
+        let windows = Windows {
+            connection: 16 << 20,
+            stream: 1 << 20,
+        };
+        let channel =
+            tokio::time::timeout(Duration::from_secs(10), Connection::connect(xds, windows))
+                .await
+                .with_context(|| format!("connecting to the xDS server at {xds}: timed out"))??;
         for i in first..(first + per_conn).min(n) {
             let (channel, load) = (channel.clone(), Arc::clone(load));
             tasks.push(tokio::spawn(async move {

@@ -230,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
     config.control_plane = None;
     config.dns_fallback.enabled = false;
     config.default_service = ServiceOptions {
-        policy: Policy::PeakEwma,
+        policy: Some(Policy::PeakEwma),
         slow_start: None,
         zone_affinity: false,
         ..ServiceOptions::default()

@@ -184,7 +184,7 @@ fn lb_client(policy: Policy) -> anyhow::Result<LbClient> {
     config.zone = None;
     config.dns_fallback.enabled = false;
     config.default_service = ServiceOptions {
-        policy,
+        policy: Some(policy),
         slow_start: None,
         zone_affinity: false,
         ..ServiceOptions::default()
@@ -813,14 +813,17 @@ async fn distribution(
     ));
     let med = |v: Vec<f64>| median(&v).unwrap_or(f64::NAN);
     notes.push(format!(
-        "Model (bench/src/overhead/model.rs: closed loop, backends that are pure 1..10 ms delays, lb-core's own P2C picker, 20 s of model time): P2C in-flight max/mean {:.3} at 16 callers, {:.3} at 32, {:.3} at 64, {:.3} at 128, {:.3} at 256; least-in-flight over all 10 endpoints {:.3} at {} callers. P2C compares two random endpoints, so a slow endpoint keeps a higher count for longer; at these concurrencies P2C itself cannot reach 1.10.",
+        "Model (bench/src/overhead/model.rs: closed loop, backends that are pure 1..10 ms delays, lb-core's own P2C picker, 20 s of model time): P2C in-flight max/mean {:.3} at 16 callers, {:.3} at 32, {:.3} at 64, {:.3} at 128, {:.3} at 256. lb-core's P2C scans every endpoint of a set of at most {} (least in flight, ties at random) and samples two above that, so on these 10 it should match the model's own least-in-flight over all, {:.3} at {} callers; pure two random choices, its rule above {} endpoints, gives {:.3} here, because a slow endpoint it did not sample keeps a higher count for longer.",
         med(model_rows(model::ModelPolicy::P2c, 16)),
         med(model_rows(model::ModelPolicy::P2c, 32)),
         med(model_rows(model::ModelPolicy::P2c, 64)),
         med(model_rows(model::ModelPolicy::P2c, 128)),
         med(model_rows(model::ModelPolicy::P2c, 256)),
+        lb_core::pick::SCAN_ALL_UP_TO,
         med(model_rows(model::ModelPolicy::LeastOfAll, args.dist_callers)),
         args.dist_callers,
+        lb_core::pick::SCAN_ALL_UP_TO,
+        med(model_rows(model::ModelPolicy::TwoChoices, args.dist_callers)),
     ));
     notes.push("In flight per backend is measured from the client: each request's client-side latency summed per backend (the reply names it) over the run's duration, which is the exact time average (Little's law), including time queued in the client. The sampled row reads lb-client's own per-endpoint counters every 2 ms as a cross-check.".into());
     Ok(())

@@ -13,7 +13,10 @@
 //! `call` on the chosen always-ready service, against tower's
 //! `Balance::poll_ready` plus `call` over the same number of always-ready
 //! services wrapped in tower's own load trackers (`PendingRequests` for
-//! in-flight, `PeakEwma` for latency). tower offers no way to pick without
+//! in-flight, `PeakEwma` for latency). At 10 endpoints lb-core's P2C
+//! compares every candidate (up to `lb_core::pick::SCAN_ALL_UP_TO`) where
+//! tower samples two, so that pair is the same job done by a different
+//! rule; at 100 and 1,000 both sample two. tower offers no way to pick without
 //! calling, and its ready cache moves a called service back to pending
 //! until polled, so that bookkeeping is part of each tower request. The
 //! other lb-core algorithms (round robin, random, smooth weighted, ring

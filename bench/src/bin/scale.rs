@@ -110,7 +110,7 @@ fn encode_all(source: &SnapshotSource, services: usize) -> anyhow::Result<usize>
             &cluster::key(i),
             &client,
         ) {
-            Lookup::Found(r) => bytes += r.body().value.len(),
+            Lookup::Found(r) => bytes += r.value().len(),
             _ => bail!("{} has no ClusterLoadAssignment", cluster::key(i)),
         }
     }

@@ -33,6 +33,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::service::discovery::v3::Resource as DeltaResource;
 use proto::xds::pb::google::protobuf::Any;
@@ -140,12 +142,15 @@ impl serde::Serialize for ResourceVersion {
 /// One encoded xDS resource, as one client asked for it.
 ///
 /// Built once per (type, name, version, zone shape) and shared by all
-/// subscribers through an `Arc`; the state machines never re-encode it.
+/// subscribers through an `Arc`; the state machines never re-encode it, and
+/// the wire encoder ([`super::wire`]) sends its body by reference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
     name: String,
     version: ResourceVersion,
-    body: Any,
+    type_url: String,
+    /// `Any.value`: the encoded Envoy message.
+    value: Bytes,
 }
 
 impl Resource {
@@ -155,7 +160,9 @@ impl Resource {
         Resource {
             name: name.into(),
             version,
-            body,
+            type_url: body.type_url,
+            // Takes the Vec's allocation; no copy.
+            value: Bytes::from(body.value),
         }
     }
 
@@ -169,17 +176,32 @@ impl Resource {
         &self.version
     }
 
-    /// The encoded message.
-    pub fn body(&self) -> &Any {
-        &self.body
+    /// `Any.type_url` of the body.
+    pub fn type_url(&self) -> &str {
+        &self.type_url
     }
 
-    /// The delta wrapper (`envoy.service.discovery.v3.Resource`).
+    /// The encoded message (`Any.value`), shared.
+    pub fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    /// The body as a protobuf `Any`, copied: for tests, views and logs, not
+    /// for sending.
+    pub fn body(&self) -> Any {
+        Any {
+            type_url: self.type_url.clone(),
+            value: self.value.to_vec(),
+        }
+    }
+
+    /// The delta wrapper (`envoy.service.discovery.v3.Resource`), copied
+    /// like [`Resource::body`].
     pub fn to_delta(&self) -> DeltaResource {
         DeltaResource {
             name: self.name.clone(),
             version: self.version.as_str().to_owned(),
-            resource: Some(self.body.clone()),
+            resource: Some(self.body()),
             ..Default::default()
         }
     }

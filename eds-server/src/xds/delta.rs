@@ -72,15 +72,15 @@
 //! nothing merges or drops responses after they leave the state machine.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use proto::xds::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-};
+use proto::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tracing::{debug, warn};
 
 use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
+use super::wire::DeltaResponse;
 use super::{
     NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, content_version,
     is_full_state,
@@ -208,7 +208,7 @@ impl DeltaStream {
         req: DeltaDiscoveryRequest,
         source: &S,
         now: SystemTime,
-    ) -> Result<Vec<DeltaDiscoveryResponse>, XdsError> {
+    ) -> Result<Vec<DeltaResponse>, XdsError> {
         let ty = self.id.admit(&req.type_url, req.node.as_ref(), "delta")?;
         let first = !self.types.contains_key(&ty);
         let st = self.types.entry(ty).or_default();
@@ -334,10 +334,7 @@ impl DeltaStream {
 
     /// A new snapshot arrived: what to send, in make-before-break order
     /// (CDS, EDS, LDS, RDS), one response per type with changes.
-    pub fn on_update<S: ResourceSource + ?Sized>(
-        &mut self,
-        source: &S,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_update<S: ResourceSource + ?Sized>(&mut self, source: &S) -> Vec<DeltaResponse> {
         let mut out = Vec::new();
         for ty in PUSH_ORDER {
             self.respond_to(ty, source, &mut out);
@@ -381,7 +378,7 @@ impl DeltaStream {
         &mut self,
         ty: ResourceType,
         source: &S,
-        out: &mut Vec<DeltaDiscoveryResponse>,
+        out: &mut Vec<DeltaResponse>,
     ) {
         let DeltaStream {
             id, nonces, types, ..
@@ -416,7 +413,7 @@ fn respond<S: ResourceSource + ?Sized>(
     source: &S,
     client: &ClientInfo,
     nonces: &mut NonceSeq,
-) -> Option<(DeltaDiscoveryResponse, Vec<String>)> {
+) -> Option<(DeltaResponse, Vec<String>)> {
     let mut wanted: BTreeSet<String> = st.subscribed.clone();
     if st.wildcard {
         // Not ready: say nothing rather than "removed".
@@ -437,7 +434,7 @@ fn respond<S: ResourceSource + ?Sized>(
                     if had.is_some_and(|h| *h != version) {
                         updated.push(name.clone());
                     }
-                    resources.push(res.to_delta());
+                    resources.push(Arc::clone(&res));
                     changes.insert(name.clone(), Some(res.version().clone()));
                 }
             }
@@ -502,13 +499,12 @@ fn respond<S: ResourceSource + ?Sized>(
     st.last_system_version = Some(system_version_info.clone());
     st.counters.responses += 1;
     Some((
-        DeltaDiscoveryResponse {
+        DeltaResponse {
             system_version_info,
             resources,
             type_url: ty.type_url().to_owned(),
             removed_resources,
             nonce,
-            ..Default::default()
         },
         updated,
     ))
@@ -519,6 +515,7 @@ mod tests {
     use super::*;
     use crate::xds::MemorySource;
     use crate::xds::fixtures::*;
+    use proto::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 
     fn ads() -> DeltaStream {
         DeltaStream::new(StreamKind::Aggregated)
@@ -527,11 +524,16 @@ mod tests {
     fn ask(s: &mut DeltaStream, src: &MemorySource, r: DReq) -> Vec<DeltaDiscoveryResponse> {
         s.handle_request(r.into(), src, t(0))
             .expect("valid request")
+            .iter()
+            .map(DeltaResponse::to_proto)
+            .collect()
     }
 
-    fn one(mut out: Vec<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+    fn one<R: Into<DeltaDiscoveryResponse> + std::fmt::Debug>(
+        mut out: Vec<R>,
+    ) -> DeltaDiscoveryResponse {
         assert_eq!(out.len(), 1, "exactly one response: {out:?}");
-        out.remove(0)
+        out.remove(0).into()
     }
 
     fn ack(s: &mut DeltaStream, src: &MemorySource, ty: ResourceType, r: &DeltaDiscoveryResponse) {

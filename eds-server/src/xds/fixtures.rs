@@ -169,7 +169,8 @@ pub(super) fn source(resources: &[(ResourceType, &str, &str)]) -> MemorySource {
 }
 
 /// The bodies of a SotW response, as text, in order.
-pub(super) fn bodies(r: &DiscoveryResponse) -> Vec<String> {
+pub(super) fn bodies<R: Clone + Into<DiscoveryResponse>>(r: &R) -> Vec<String> {
+    let r: DiscoveryResponse = r.clone().into();
     r.resources
         .iter()
         .map(|a| String::from_utf8_lossy(&a.value).into_owned())
@@ -177,7 +178,8 @@ pub(super) fn bodies(r: &DiscoveryResponse) -> Vec<String> {
 }
 
 /// The `name@version` of each resource in a delta response, in order.
-pub(super) fn sent(r: &DeltaDiscoveryResponse) -> Vec<String> {
+pub(super) fn sent<R: Clone + Into<DeltaDiscoveryResponse>>(r: &R) -> Vec<String> {
+    let r: DeltaDiscoveryResponse = r.clone().into();
     r.resources
         .iter()
         .map(|res| format!("{}@{}", res.name, res.version))

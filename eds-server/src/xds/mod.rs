@@ -4,8 +4,8 @@
 //!   snapshot (Topology) ──builders──> ResourceSource  (cache: one encoded body per
 //!                                          │           name, version and zone shape)
 //!                                          │ get / version_of / names
-//!        DiscoveryRequest ──> SotwStream ──┤──> Vec<DiscoveryResponse>
-//!   DeltaDiscoveryRequest ──> DeltaStream ─┘──> Vec<DeltaDiscoveryResponse>
+//!        DiscoveryRequest ──> SotwStream ──┤──> Vec<SotwResponse>   (resources shared
+//!   DeltaDiscoveryRequest ──> DeltaStream ─┘──> Vec<DeltaResponse>   by Arc; see wire)
 //!                                 │                      │
 //!                      stats() ──>│ SubscriberStats      └──> every response, in order,
 //!                                 v  (admin, CSDS, edsctl)     onto the stream's bounded outbox
@@ -41,6 +41,7 @@ pub mod cache;
 pub mod delta;
 pub mod sotw;
 pub mod stats;
+pub mod wire;
 
 #[cfg(test)]
 mod fixtures;
@@ -56,6 +57,7 @@ pub use cache::{ClientInfo, Lookup, MemorySource, Resource, ResourceSource, Reso
 pub use delta::DeltaStream;
 pub use sotw::SotwStream;
 pub use stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
+pub use wire::{DeltaResponse, SotwResponse, WireMessage};
 
 /// The four resource types, shared with the builders in `proto::resources`.
 pub use proto::resources::ResourceType;

@@ -467,7 +467,7 @@ fn run_delta(kind: StreamKind, ops: Vec<DeltaOp>) -> Result<(), TestCaseError> {
         };
         for r in &out {
             seen.record(&r.type_url, &r.nonce, &r.system_version_info)?;
-            let mut names: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+            let mut names: Vec<&str> = r.resources.iter().map(|x| x.name()).collect();
             names.extend(r.removed_resources.iter().map(String::as_str));
             let unique: HashSet<&str> = names.iter().copied().collect();
             prop_assert_eq!(unique.len(), names.len(), "a name twice in one response");

@@ -79,9 +79,12 @@
 //! response it returns to the wire, in order (see [`crate::serve`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use proto::xds::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+use super::wire::SotwResponse;
 use tracing::{debug, warn};
 
 use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
@@ -270,7 +273,7 @@ impl SotwStream {
         req: DiscoveryRequest,
         source: &S,
         now: SystemTime,
-    ) -> Result<Vec<DiscoveryResponse>, XdsError> {
+    ) -> Result<Vec<SotwResponse>, XdsError> {
         let ty = self.id.admit(&req.type_url, req.node.as_ref(), "sotw")?;
         let first = !self.types.contains_key(&ty);
         let st = self.types.entry(ty).or_insert_with(TypeState::new);
@@ -342,7 +345,7 @@ impl SotwStream {
 
     /// A new snapshot arrived: what to send, in make-before-break order
     /// (CDS, EDS, LDS, RDS), one response per type whose content changed.
-    pub fn on_update<S: ResourceSource + ?Sized>(&mut self, source: &S) -> Vec<DiscoveryResponse> {
+    pub fn on_update<S: ResourceSource + ?Sized>(&mut self, source: &S) -> Vec<SotwResponse> {
         let mut out = Vec::new();
         for ty in PUSH_ORDER {
             self.respond_to(ty, source, &mut out);
@@ -386,7 +389,7 @@ impl SotwStream {
         &mut self,
         ty: ResourceType,
         source: &S,
-        out: &mut Vec<DiscoveryResponse>,
+        out: &mut Vec<SotwResponse>,
     ) {
         let SotwStream {
             id, nonces, types, ..
@@ -445,7 +448,7 @@ fn respond<S: ResourceSource + ?Sized>(
     source: &S,
     client: &ClientInfo,
     nonces: &mut NonceSeq,
-) -> Option<DiscoveryResponse> {
+) -> Option<SotwResponse> {
     if !st.wildcard && st.names.is_empty() {
         // Nothing subscribed (an EDS request without names, or everything
         // unsubscribed): the client expects nothing.
@@ -478,7 +481,7 @@ fn respond<S: ResourceSource + ?Sized>(
     for (name, _) in view {
         // version_of and get agree on one snapshot (ResourceSource contract).
         if let Lookup::Found(res) = source.get(ty, &name, client) {
-            resources.push(res.body().clone());
+            resources.push(Arc::clone(&res));
             sent.insert(name, res.version().clone());
         }
     }
@@ -490,12 +493,11 @@ fn respond<S: ResourceSource + ?Sized>(
     });
     st.needs_answer = false;
     st.counters.responses += 1;
-    Some(DiscoveryResponse {
+    Some(SotwResponse {
         version_info,
         resources,
         type_url: ty.type_url().to_owned(),
         nonce,
-        ..Default::default()
     })
 }
 
@@ -541,6 +543,7 @@ mod tests {
     use crate::xds::MemorySource;
     use crate::xds::fixtures::*;
     use proto::resources::CLUSTER_TYPE_URL;
+    use proto::xds::pb::envoy::service::discovery::v3::DiscoveryResponse;
 
     fn ads() -> SotwStream {
         SotwStream::new(StreamKind::Aggregated)
@@ -550,11 +553,14 @@ mod tests {
     fn ask(s: &mut SotwStream, src: &MemorySource, r: Req) -> Vec<DiscoveryResponse> {
         s.handle_request(r.into(), src, t(0))
             .expect("valid request")
+            .iter()
+            .map(SotwResponse::to_proto)
+            .collect()
     }
 
-    fn one(mut out: Vec<DiscoveryResponse>) -> DiscoveryResponse {
+    fn one<R: Into<DiscoveryResponse> + std::fmt::Debug>(mut out: Vec<R>) -> DiscoveryResponse {
         assert_eq!(out.len(), 1, "exactly one response: {out:?}");
-        out.remove(0)
+        out.remove(0).into()
     }
 
     /// Subscribes to `names` and ACKs the answer; returns the response.

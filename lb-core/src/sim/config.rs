@@ -34,20 +34,24 @@ pub enum SimPolicy {
     /// Per-request uniform random (`Policy::Random`).
     #[serde(rename = "random")]
     Random,
-    /// Power of two choices on in-flight requests (`Policy::P2c`).
+    /// lb-core's least-request picker on in-flight requests (`Policy::P2c`):
+    /// the least loaded of all backends up to
+    /// [`crate::pick::SCAN_ALL_UP_TO`], power of two choices above.
     #[serde(rename = "p2c")]
     P2c,
-    /// Power of two choices on peak-EWMA latency x pending (`Policy::PeakEwma`).
+    /// The same picker on peak-EWMA latency x pending (`Policy::PeakEwma`).
     #[serde(rename = "p2c-peak-ewma")]
     PeakEwma,
-    /// P2C on in-flight within the zone that zone affinity with spillover
+    /// `P2c` on in-flight within the zone that zone affinity with spillover
     /// chooses (`Policy::P2c` with the client's zone set).
     #[serde(rename = "zone-p2c")]
     ZoneP2c,
     /// Least loaded: every request goes to the backend with the fewest
     /// requests in flight in the client's view (a full scan, ties broken
-    /// at random). Not an lb-core policy: a peer for comparison, so it is
-    /// not in [`SimPolicy::ALL`]; ask for it by name.
+    /// at random), whatever the backend count. Not an lb-core policy (lb-core's
+    /// `P2c` scans only up to [`crate::pick::SCAN_ALL_UP_TO`] candidates):
+    /// a peer for comparison, so it is not in [`SimPolicy::ALL`]; ask for
+    /// it by name.
     #[serde(rename = "least-loaded")]
     LeastLoaded,
 }

@@ -19,8 +19,9 @@
 /// IEEE Transactions on Parallel and Distributed Systems 12(10), 2001
 /// (the same limit was found by Vvedenskaya, Dobrushin and Karpelevich,
 /// 1996). The model samples its `d` queues independently; lb-core's P2C
-/// samples two distinct ones, which can only help and makes no difference
-/// as `n` grows. For `d = 2` the exponents are `2^i - 2`:
+/// samples two distinct ones above [`crate::pick::SCAN_ALL_UP_TO`]
+/// candidates (which can only help and makes no difference as `n` grows)
+/// and scans all of them at or below it, where this model does not apply. For `d = 2` the exponents are `2^i - 2`:
 /// `T_2(0.9) = 1 + 0.9^2 + 0.9^6 + 0.9^14 + 0.9^30 + 0.9^62 + ... = 2.6141`,
 /// against `10` for random assignment. For `d = 1` the exponents are `i - 1`
 /// and the sum is M/M/1's `1 / (1 - lambda)`.
