@@ -183,26 +183,11 @@ impl AdsSession {
 
     fn on_endpoints(&mut self, response: &DiscoveryResponse) -> Verdict {
         self.eds.nonce.clone_from(&response.nonce);
-        let mut errors = Vec::new();
-        let mut updates = Vec::new();
-        let mut unrequested = Vec::new();
-        for (i, any) in response.resources.iter().enumerate() {
-            let cla: ClusterLoadAssignment = match unpack(any) {
-                Ok(cla) => cla,
-                Err(e) => {
-                    errors.push(format!("resources[{i}]: {e}"));
-                    continue;
-                }
-            };
-            if !self.names.contains(&cla.cluster_name) {
-                unrequested.push(cla.cluster_name);
-                continue;
-            }
-            match parse_cla(&cla) {
-                Ok(parsed) => updates.push((parsed, cla)),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let (updates, errors, unrequested) = self.sort(
+            response,
+            |cla: &ClusterLoadAssignment| &cla.cluster_name,
+            |cla| parse_cla(&cla).map(|parsed| (parsed, cla)),
+        );
         self.verdict(
             ResourceType::ClusterLoadAssignment,
             response,
@@ -216,26 +201,11 @@ impl AdsSession {
         if let Some(cds) = &mut self.cds {
             cds.nonce.clone_from(&response.nonce);
         }
-        let mut errors = Vec::new();
-        let mut clusters = Vec::new();
-        let mut unrequested = Vec::new();
-        for (i, any) in response.resources.iter().enumerate() {
-            let cluster: Cluster = match unpack(any) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(format!("resources[{i}]: {e}"));
-                    continue;
-                }
-            };
-            if !self.names.contains(&cluster.name) {
-                unrequested.push(cluster.name);
-                continue;
-            }
-            match parse_cluster(&cluster) {
-                Ok(p) => clusters.push(p),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let (clusters, errors, unrequested) = self.sort(
+            response,
+            |cluster: &Cluster| &cluster.name,
+            |cluster| parse_cluster(&cluster),
+        );
         let absent = self
             .names
             .iter()
@@ -249,6 +219,39 @@ impl AdsSession {
             Update::Clusters { clusters, absent },
             unrequested,
         )
+    }
+
+    /// Unpacks every resource of `response` and parses the ones this client
+    /// asked for: (parsed, errors naming the resource, names not asked for).
+    fn sort<M, P, E>(
+        &self,
+        response: &DiscoveryResponse,
+        name: impl Fn(&M) -> &String,
+        parse: impl Fn(M) -> Result<P, E>,
+    ) -> (Vec<P>, Vec<String>, Vec<String>)
+    where
+        M: prost::Message + prost::Name + Default,
+        E: std::fmt::Display,
+    {
+        let (mut parsed, mut errors, mut unrequested) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, any) in response.resources.iter().enumerate() {
+            let message: M = match unpack(any) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(format!("resources[{i}]: {e}"));
+                    continue;
+                }
+            };
+            if !self.names.contains(name(&message)) {
+                unrequested.push(name(&message).clone());
+                continue;
+            }
+            match parse(message) {
+                Ok(p) => parsed.push(p),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (parsed, errors, unrequested)
     }
 
     fn verdict(
