@@ -19,7 +19,10 @@
 //! - The service's policy comes from the `eds.rs/lb-policy` annotation
 //!   (`eds.rs/lb-policy.<port-name>` overrides per port) and
 //!   `eds.rs/hash-header`; an unknown value is logged, counted and replaced
-//!   by the default.
+//!   by the default. A value only lb-core implements (`peak-ewma`,
+//!   `weighted-round-robin`, `bounded-load-hash`) is sent to everyone as the
+//!   nearest xDS policy and to lb-client, in the Cluster's metadata, as is.
+//!   `eds.rs/slow-start-window` becomes the Cluster's slow-start config.
 //!
 //! Not here: protocol state (see [`crate::xds`]) or message layout (see
 //! `proto::resources`).
@@ -27,11 +30,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lb_core::zone::{ZoneCapacity, spill_shares};
 use lb_core::{EndpointSet, Health, PortRef, ServiceKey};
 use proto::resources::{
-    ClaOptions, LbPolicy, cluster, cluster_load_assignment, listener, pack, route_configuration,
+    ClaOptions, ClusterOptions, LbPolicy, cluster_load_assignment, cluster_with, listener, pack,
+    route_configuration,
 };
 use tracing::warn;
 
@@ -186,10 +191,10 @@ impl SnapshotSource {
         let (recipe, encode): (String, Box<dyn FnOnce() -> Any + '_>) = match ty {
             ResourceType::Listener => (String::new(), Box::new(|| pack(&listener(name)))),
             ResourceType::RouteConfiguration | ResourceType::Cluster => {
-                let policy = self.policy(meta, &canonical);
-                let recipe = format!("{policy:?}");
+                let (policy, options) = self.policy(meta, &canonical);
+                let recipe = format!("{policy:?}|{options:?}");
                 let encode: Box<dyn FnOnce() -> Any + '_> = if ty == ResourceType::Cluster {
-                    Box::new(move || pack(&cluster(name, &policy)))
+                    Box::new(move || pack(&cluster_with(name, &policy, &options)))
                 } else {
                     Box::new(move || pack(&route_configuration(name, &policy)))
                 };
@@ -208,7 +213,7 @@ impl SnapshotSource {
                 // Ring hash multiplies locality weight into endpoint weight: per-zone
                 // weights would map one key to different endpoints from different zones.
                 let hashing = matches!(
-                    self.policy(meta, &canonical),
+                    self.policy(meta, &canonical).0,
                     LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
                 );
                 if let (Some(zone), false) = (zone, hashing) {
@@ -258,7 +263,13 @@ impl SnapshotSource {
             .map(Arc::clone)
     }
 
-    fn policy(&self, meta: &ServiceMeta, key: &ServiceKey) -> LbPolicy {
+    /// The service port's policy and the Cluster settings from its
+    /// annotations.
+    fn policy(&self, meta: &ServiceMeta, key: &ServiceKey) -> (LbPolicy, ClusterOptions) {
+        let options = ClusterOptions {
+            slow_start_window: self.slow_start_window(meta, key),
+            lb_core_policy: None,
+        };
         let port_name = meta
             .ports
             .iter()
@@ -268,17 +279,23 @@ impl SnapshotSource {
             .and_then(|n| meta.annotations.get(&format!("lb-policy.{n}")))
             .or_else(|| meta.annotations.get("lb-policy"));
         let Some(value) = value else {
-            return LbPolicy::default();
+            return (LbPolicy::default(), options);
         };
-        let policy = match value.parse::<LbPolicy>() {
-            Ok(p) => p,
-            Err(e) => {
+        let lb_core_policy = value.trim().parse::<lb_core::Policy>().ok();
+        let options = ClusterOptions {
+            lb_core_policy,
+            ..options
+        };
+        let policy = match (value.parse::<LbPolicy>(), lb_core_policy) {
+            (Ok(p), _) => p,
+            (Err(_), Some(p)) => LbPolicy::nearest(p),
+            (Err(e), None) => {
                 warn!(service = %key, %e, "unknown eds.rs/lb-policy; using the default");
                 self.metrics.set_state("invalid_lb_policy_annotations", 1);
-                return LbPolicy::default();
+                return (LbPolicy::default(), options);
             }
         };
-        match meta.annotations.get("hash-header") {
+        let policy = match meta.annotations.get("hash-header") {
             Some(header) if policy.hash_header().is_none() => {
                 match policy.clone().with_hash_header(header) {
                     Ok(p) => p,
@@ -289,6 +306,20 @@ impl SnapshotSource {
                 }
             }
             _ => policy,
+        };
+        (policy, options)
+    }
+
+    /// `eds.rs/slow-start-window` (`30s`, `2m`, ...); an unreadable value is
+    /// logged and ignored.
+    fn slow_start_window(&self, meta: &ServiceMeta, key: &ServiceKey) -> Option<Duration> {
+        let value = meta.annotations.get("slow-start-window")?;
+        match crate::config::parse_duration(value) {
+            Ok(window) => Some(window),
+            Err(e) => {
+                warn!(service = %key, %e, "unusable eds.rs/slow-start-window; no slow start");
+                None
+            }
         }
     }
 }
@@ -391,6 +422,7 @@ impl ResourceSource for SnapshotSource {
 mod tests {
     use super::*;
     use lb_core::Endpoint;
+    use proto::xds::pb::envoy::config::cluster::v3::{Cluster, cluster};
     use std::net::SocketAddr;
 
     fn set(zones: &[(&str, Health)]) -> EndpointSet {
@@ -433,6 +465,16 @@ mod tests {
 
     /// A source over one Service `echo.demo:8080` with these endpoints.
     fn source(endpoints: &[(&str, Health)], config: SourceConfig) -> SnapshotSource {
+        annotated(endpoints, config, &[])
+    }
+
+    /// [`source`], the Service carrying these `eds.rs/` annotations (keys
+    /// without the prefix, as the index stores them).
+    fn annotated(
+        endpoints: &[(&str, Health)],
+        config: SourceConfig,
+        annotations: &[(&str, &str)],
+    ) -> SnapshotSource {
         let key: ServiceKey = "echo.demo:8080".parse().unwrap();
         let topology = Topology {
             snapshot: lb_core::Snapshot::new([(key, set(endpoints))]),
@@ -443,12 +485,87 @@ mod tests {
                         name: Some("grpc".to_owned()),
                         port: 8080,
                     }],
-                    annotations: BTreeMap::new(),
+                    annotations: annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
                 },
             )]
             .into(),
         };
         SnapshotSource::new(Arc::new(topology), config, Arc::new(Metrics::new()))
+    }
+
+    fn cluster_of(source: &SnapshotSource) -> (Cluster, String) {
+        let Lookup::Found(r) = source.get(
+            ResourceType::Cluster,
+            "echo.demo:8080",
+            &ClientInfo::new("grpc-go", None),
+        ) else {
+            panic!("echo.demo:8080 exists");
+        };
+        (
+            proto::resources::unpack(&r.body()).unwrap(),
+            r.version().to_string(),
+        )
+    }
+
+    #[test]
+    fn lb_core_policies_and_slow_start_reach_the_cluster() {
+        use proto::xds::pb::google::protobuf::value::Kind;
+        let eps = [("a", Health::Healthy)];
+        let (plain, plain_version) = cluster_of(&source(&eps, SourceConfig::default()));
+        assert_eq!((plain.metadata, plain.lb_config), (None, None));
+
+        let src = annotated(
+            &eps,
+            SourceConfig::default(),
+            &[("lb-policy", "peak-ewma"), ("slow-start-window", "45s")],
+        );
+        let (c, version) = cluster_of(&src);
+        assert_ne!(version, plain_version, "the version covers the options");
+        let meta = &c.metadata.unwrap().filter_metadata["eds.rs"];
+        assert_eq!(
+            meta.fields["lb-policy"].kind,
+            Some(Kind::StringValue("peak-ewma".into()))
+        );
+        // Stock clients get least request, the nearest they run.
+        assert_eq!(c.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+        let Some(cluster::LbConfig::LeastRequestLbConfig(legacy)) = c.lb_config else {
+            panic!("no legacy slow start: {:?}", c.lb_config);
+        };
+        assert_eq!(
+            legacy
+                .slow_start_config
+                .unwrap()
+                .slow_start_window
+                .unwrap()
+                .seconds,
+            45
+        );
+
+        // A window that does not parse is dropped, not the Cluster.
+        let bad = annotated(
+            &eps,
+            SourceConfig::default(),
+            &[("lb-policy", "round-robin"), ("slow-start-window", "soon")],
+        );
+        let (c, _) = cluster_of(&bad);
+        assert_eq!(c.lb_config, None);
+        assert_eq!(c.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+        assert_eq!(
+            c.metadata.unwrap().filter_metadata["eds.rs"].fields["lb-policy"].kind,
+            Some(Kind::StringValue("round-robin".into()))
+        );
+
+        // xDS-only names carry no lb-core metadata: maglev means ring hash
+        // to lb-client through the list, as to gRPC.
+        let (c, _) = cluster_of(&annotated(
+            &eps,
+            SourceConfig::default(),
+            &[("lb-policy", "maglev")],
+        ));
+        assert_eq!(c.metadata, None);
     }
 
     fn cla(source: &SnapshotSource, client: &ClientInfo) -> (proto::resources::ParsedCla, String) {

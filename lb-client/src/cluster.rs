@@ -50,8 +50,9 @@ use proto::xds::pb::google::protobuf::{Duration as PbDuration, value::Kind};
 
 /// The key in `Cluster.metadata.filter_metadata["eds.rs"]` that may name an
 /// lb-core policy directly (for policies no xDS entry expresses, such as
-/// `peak-ewma` or `bounded-load-hash`).
-pub const POLICY_METADATA_KEY: &str = "lb-policy";
+/// `peak-ewma` or `bounded-load-hash`); eds-server writes it from the
+/// Service's `eds.rs/lb-policy` annotation.
+pub use proto::resources::POLICY_METADATA_KEY;
 
 /// How deep `wrr_locality` may nest lists; gRPC's limit (gRFC A52).
 const MAX_DEPTH: usize = 16;
@@ -404,7 +405,9 @@ fn to_slow_start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::resources::{LbPolicy, cluster as build_cluster, pack};
+    use proto::resources::{
+        ClusterOptions, LbPolicy, cluster as build_cluster, cluster_with, pack,
+    };
     use proto::xds::pb::envoy::config::cluster::v3::load_balancing_policy;
     use proto::xds::pb::envoy::config::core::v3::{Metadata, TypedExtensionConfig};
     use proto::xds::pb::envoy::extensions::load_balancing_policies::maglev::v3::Maglev;
@@ -479,6 +482,28 @@ mod tests {
         let maglev =
             parse_cluster(&build_cluster(NAME, &LbPolicy::Maglev { header: None })).unwrap();
         assert_eq!(maglev.unsupported, vec![Maglev::type_url()]);
+    }
+
+    #[test]
+    fn lb_core_policies_and_slow_start_from_eds_server_arrive_intact() {
+        // As eds-server builds the Cluster for `eds.rs/lb-policy: <p>` and
+        // `eds.rs/slow-start-window: 30s`: every lb-core policy reaches
+        // lb-client as itself, with the window, whatever stock clients get.
+        for p in Policy::ALL {
+            let options = ClusterOptions {
+                slow_start_window: Some(std::time::Duration::from_secs(30)),
+                lb_core_policy: Some(p),
+            };
+            let nearest = LbPolicy::nearest(p);
+            let parsed = parse_cluster(&cluster_with(NAME, &nearest, &options)).unwrap();
+            assert_eq!(parsed.policy, Some(p), "{p}: {parsed:?}");
+            assert!(parsed.chosen_from.starts_with("metadata"), "{parsed:?}");
+            // Slow start rides on the entry lb-client reads first: least
+            // request and round robin take it, random and ring hash do not.
+            let want = matches!(nearest, LbPolicy::LeastRequest | LbPolicy::RoundRobin)
+                .then_some(std::time::Duration::from_secs(30));
+            assert_eq!(parsed.slow_start.map(|s| s.window()), want, "{p}");
+        }
     }
 
     #[test]

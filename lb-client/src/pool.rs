@@ -652,6 +652,11 @@ impl ServicePool {
             policy: inner.balancer.config().policy.to_string(),
             policy_source: inner.policy_source,
             policy_note: inner.policy_note.clone(),
+            slow_start_window_ms: inner
+                .balancer
+                .config()
+                .slow_start
+                .map(|s| u64::try_from(s.window().as_millis()).unwrap_or(u64::MAX)),
             tier: inner.balancer.tier(),
             usable: inner.balancer.usable_count(),
             zone_shares: inner
@@ -706,6 +711,9 @@ pub struct ServiceDebug {
     /// Why the policy is not the Cluster's, when that is worth knowing (a
     /// local override, or a Cluster asking only for unsupported policies).
     pub policy_note: Option<String>,
+    /// The slow-start window new endpoints ramp up over (the Cluster's or
+    /// the local one, whichever the policy came with); `None`: off.
+    pub slow_start_window_ms: Option<u64>,
     /// The tier picks come from.
     pub tier: Tier,
     /// Endpoints picks may choose from.

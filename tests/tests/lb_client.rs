@@ -365,6 +365,27 @@ async fn the_services_annotated_policy_applies_when_the_client_sets_none() -> an
     eprintln!("eds.rs/lb-policy: ring-hash: 20 users on {spread:?}");
     ensure!(spread.len() >= 2, "20 keys should spread: {spread:?}");
 
+    // A policy only lb-client runs reaches it as itself (stock clients get
+    // least request), and the Service's slow-start window comes with it.
+    fleet
+        .annotate("eds.rs/slow-start-window", Some("20s"))
+        .await?;
+    fleet
+        .annotate("eds.rs/lb-policy", Some("peak-ewma"))
+        .await?;
+    until_policy(&client, &key, "peak-ewma", PolicySource::Cds).await?;
+    eventually("the Service's slow-start window arrives", WAIT, || async {
+        let d = client.debug();
+        Ok(match d.services.iter().find(|s| s.service == key) {
+            Some(s) if s.slow_start_window_ms == Some(20_000) => Ok(()),
+            other => Err(format!("{:?}", other.map(|s| s.slow_start_window_ms))),
+        })
+    })
+    .await?;
+    let t = load(channel.clone(), 4, 200, None, echo(0)).await;
+    ensure!(t.errors.is_empty(), "errors under peak-ewma: {:?}", t.errors);
+    fleet.annotate("eds.rs/slow-start-window", None).await?;
+
     // Without the annotation the server's default, least request, is P2C here.
     fleet.annotate("eds.rs/lb-policy", None).await?;
     until_policy(&client, &key, "p2c", PolicySource::Cds).await?;

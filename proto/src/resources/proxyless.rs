@@ -11,7 +11,9 @@
 //!                                        routes: [{ prefix: "", route { cluster: "echo.demo:8080",
 //!                                                   hash_policy: [header] if hashing } }] }]
 //! Cluster "echo.demo:8080"             type: EDS, eds_config: ads, lb_policy: <legacy enum>,
-//!                                        load_balancing_policy { policies: [preferred, ..., round_robin] }
+//!                                        load_balancing_policy { policies: [preferred, ..., round_robin] },
+//!                                        [slow_start_config in least_request / round_robin and lb_config],
+//!                                        [metadata.filter_metadata["eds.rs"] { lb-policy: <lb-core name> }]
 //! ClusterLoadAssignment "echo.demo:8080"   (see `endpoints`)
 //! ```
 //!
@@ -35,19 +37,32 @@
 //! enable locality-weighted balancing in Envoy, so the per-client-zone
 //! locality weights eds-server sends take effect there as they do in gRPC.
 //!
+//! Two more Service settings ride on the Cluster ([`ClusterOptions`]). A
+//! slow-start window (`eds.rs/slow-start-window`) becomes Envoy's
+//! `slow_start_config` on the least-request and round-robin entries and in
+//! the legacy `lb_config`: Envoy and lb-client ramp new endpoints up; gRPC
+//! clients ignore the field. An annotation naming an lb-core policy
+//! (`peak-ewma`, `weighted-round-robin`, `bounded-load-hash`, or any other
+//! lb-core name) is also written, verbatim, to the Cluster's `eds.rs`
+//! metadata, where lb-client reads it first; everyone else balances by the
+//! nearest xDS policy ([`LbPolicy::nearest`]).
+//!
 //! What this module is not: it does not read Service annotations (it only
 //! parses the annotation *value*), and it builds nothing for server-side
 //! (xDS-enabled gRPC server) listeners.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use super::pack;
+use crate::resources::METADATA_NAMESPACE;
 use crate::xds::pb::envoy::config::cluster::v3::{
     Cluster, LoadBalancingPolicy, cluster, load_balancing_policy,
 };
 use crate::xds::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, TypedExtensionConfig, config_source,
+    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata, TypedExtensionConfig, config_source,
 };
 use crate::xds::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use crate::xds::pb::envoy::config::route::v3::{
@@ -59,14 +74,20 @@ use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use crate::xds::pb::envoy::extensions::load_balancing_policies::common::v3::{
-    LocalityLbConfig, locality_lb_config,
+    LocalityLbConfig, SlowStartConfig, locality_lb_config,
 };
 use crate::xds::pb::envoy::extensions::load_balancing_policies::{
     least_request::v3::LeastRequest, maglev::v3::Maglev, random::v3::Random,
     ring_hash::v3::RingHash, ring_hash::v3::ring_hash, round_robin::v3::RoundRobin,
     wrr_locality::v3::WrrLocality,
 };
-use crate::xds::pb::google::protobuf::{UInt32Value, UInt64Value};
+use crate::xds::pb::google::protobuf::{
+    Duration as PbDuration, Struct, UInt32Value, UInt64Value, Value, value::Kind,
+};
+
+/// The key of `Cluster.metadata.filter_metadata["eds.rs"]` naming the
+/// service's lb-core policy (lb-client reads it before the policy list).
+pub const POLICY_METADATA_KEY: &str = "lb-policy";
 
 /// Name of the router HTTP filter, the last (here: only) filter gRPC requires.
 pub const ROUTER_FILTER_NAME: &str = "envoy.filters.http.router";
@@ -121,7 +142,61 @@ pub enum LbPolicyError {
     BadHeader(String),
 }
 
+/// What a Cluster carries besides its policy, from the Service's other
+/// `eds.rs/...` annotations. The default adds nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ClusterOptions {
+    /// New endpoints ramp up over this window (`slow_start_config`), on the
+    /// least-request and round-robin entries; `None` or zero: no slow start.
+    pub slow_start_window: Option<Duration>,
+    /// The lb-core policy the annotation named, for lb-client (metadata).
+    pub lb_core_policy: Option<lb_core::Policy>,
+}
+
+impl ClusterOptions {
+    fn slow_start(&self) -> Option<SlowStartConfig> {
+        let window = self.slow_start_window.filter(|w| !w.is_zero())?;
+        Some(SlowStartConfig {
+            slow_start_window: Some(PbDuration {
+                seconds: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+                // Below one second, so it fits.
+                nanos: i32::try_from(window.subsec_nanos()).unwrap_or(0),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn metadata(&self) -> Option<Metadata> {
+        let policy = self.lb_core_policy?;
+        let fields = HashMap::from([(
+            POLICY_METADATA_KEY.to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(policy.as_str().to_owned())),
+            },
+        )]);
+        Some(Metadata {
+            filter_metadata: HashMap::from([(METADATA_NAMESPACE.to_owned(), Struct { fields })]),
+            ..Default::default()
+        })
+    }
+}
+
 impl LbPolicy {
+    /// The xDS policy closest to an lb-core one, for clients that cannot
+    /// run it: load-aware policies become least request, weighted round
+    /// robin plain round robin (Envoy weighs endpoints in it; gRPC does not),
+    /// bounded-load hashing ring hash (same key-to-endpoint mapping, no
+    /// bound).
+    pub fn nearest(policy: lb_core::Policy) -> LbPolicy {
+        use lb_core::Policy as P;
+        match policy {
+            P::P2c | P::PeakEwma => LbPolicy::LeastRequest,
+            P::RoundRobin | P::WeightedRoundRobin => LbPolicy::RoundRobin,
+            P::Random => LbPolicy::Random,
+            P::RingHash | P::BoundedLoadHash => LbPolicy::RingHash { header: None },
+        }
+    }
+
     /// The annotation value, e.g. `least-request` (also for `p2c`).
     pub fn annotation_value(&self) -> &'static str {
         match self {
@@ -178,6 +253,14 @@ impl LbPolicy {
     /// The gRFC A52 ordered list, most preferred first, always ending in
     /// round robin so every client finds one it supports.
     pub fn policies(&self) -> Vec<load_balancing_policy::Policy> {
+        self.policies_with(None)
+    }
+
+    /// [`Self::policies`], with `slow_start` on the entries that take it.
+    fn policies_with(
+        &self,
+        slow_start: Option<SlowStartConfig>,
+    ) -> Vec<load_balancing_policy::Policy> {
         let mut list = match self {
             LbPolicy::RoundRobin => vec![],
             LbPolicy::LeastRequest => vec![typed(
@@ -187,6 +270,7 @@ impl LbPolicy {
                         value: LEAST_REQUEST_CHOICES,
                     }),
                     locality_lb_config: Some(locality_weighted()),
+                    slow_start_config: slow_start.clone(),
                     ..Default::default()
                 },
             )],
@@ -206,7 +290,7 @@ impl LbPolicy {
             "envoy.load_balancing_policies.round_robin",
             &RoundRobin {
                 locality_lb_config: Some(locality_weighted()),
-                ..Default::default()
+                slow_start_config: slow_start,
             },
         ));
         if self.hashes() {
@@ -386,6 +470,29 @@ pub fn route_configuration(name: &str, policy: &LbPolicy) -> RouteConfiguration 
 /// The Cluster `name`: type EDS over ADS, ClusterLoadAssignment `name`, the
 /// policy as the gRFC A52 list and as the legacy enum.
 pub fn cluster(name: &str, policy: &LbPolicy) -> Cluster {
+    cluster_with(name, policy, &ClusterOptions::default())
+}
+
+/// [`cluster`] with the Service's other settings (`options`).
+pub fn cluster_with(name: &str, policy: &LbPolicy, options: &ClusterOptions) -> Cluster {
+    let slow_start = options.slow_start();
+    let legacy = policy.legacy_lb_policy();
+    // The legacy field has its own message with the same fields.
+    let legacy_slow_start = slow_start.as_ref().map(|s| cluster::SlowStartConfig {
+        slow_start_window: s.slow_start_window,
+        ..Default::default()
+    });
+    let lb_config = legacy_slow_start.map(|s| match legacy {
+        cluster::LbPolicy::LeastRequest => {
+            cluster::LbConfig::LeastRequestLbConfig(cluster::LeastRequestLbConfig {
+                slow_start_config: Some(s),
+                ..Default::default()
+            })
+        }
+        _ => cluster::LbConfig::RoundRobinLbConfig(cluster::RoundRobinLbConfig {
+            slow_start_config: Some(s),
+        }),
+    });
     Cluster {
         name: name.to_owned(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -396,10 +503,12 @@ pub fn cluster(name: &str, policy: &LbPolicy) -> Cluster {
             // Explicit, though empty would mean the same: the EDS resource is `name`.
             service_name: name.to_owned(),
         }),
-        lb_policy: policy.legacy_lb_policy() as i32,
+        lb_policy: legacy as i32,
+        lb_config,
         load_balancing_policy: Some(LoadBalancingPolicy {
-            policies: policy.policies(),
+            policies: policy.policies_with(slow_start),
         }),
+        metadata: options.metadata(),
         ..Default::default()
     }
 }
@@ -566,6 +675,86 @@ mod tests {
         );
         assert!(0 < min && min <= max && max <= 8 * 1024 * 1024);
         assert!(rh.locality_weighted_lb_config.is_none());
+    }
+
+    #[test]
+    fn slow_start_and_the_lb_core_policy_ride_on_the_cluster() {
+        let config = |p: &load_balancing_policy::Policy| {
+            p.typed_extension_config
+                .as_ref()
+                .and_then(|t| t.typed_config.clone())
+                .unwrap()
+        };
+        let window = PbDuration {
+            seconds: 30,
+            nanos: 500_000_000,
+        };
+        let options = ClusterOptions {
+            slow_start_window: Some(Duration::from_millis(30_500)),
+            lb_core_policy: Some(lb_core::Policy::PeakEwma),
+        };
+        let policy = LbPolicy::nearest(lb_core::Policy::PeakEwma);
+        assert_eq!(policy, LbPolicy::LeastRequest);
+        let c = cluster_with(NAME, &policy, &options);
+
+        let meta = &c.metadata.as_ref().unwrap().filter_metadata[METADATA_NAMESPACE];
+        assert_eq!(
+            meta.fields[POLICY_METADATA_KEY].kind,
+            Some(Kind::StringValue("peak-ewma".into()))
+        );
+        // Inside wrr_locality and at the top level, least request and round
+        // robin both carry the window.
+        let list = &c.load_balancing_policy.as_ref().unwrap().policies;
+        let wrr: WrrLocality = unpack(&config(&list[0])).unwrap();
+        let inner = wrr.endpoint_picking_policy.unwrap().policies;
+        for entries in [&inner[..], &list[1..]] {
+            let lr: LeastRequest = unpack(&config(&entries[0])).unwrap();
+            let rr: RoundRobin = unpack(&config(&entries[1])).unwrap();
+            for ss in [lr.slow_start_config, rr.slow_start_config] {
+                assert_eq!(ss.unwrap().slow_start_window, Some(window));
+            }
+        }
+        match &c.lb_config {
+            Some(cluster::LbConfig::LeastRequestLbConfig(l)) => assert_eq!(
+                l.slow_start_config.as_ref().unwrap().slow_start_window,
+                Some(window)
+            ),
+            other => panic!("legacy lb_config {other:?}"),
+        }
+
+        // Round robin's legacy config; a zero window and no lb-core policy
+        // add nothing.
+        let rr = cluster_with(NAME, &LbPolicy::RoundRobin, &options);
+        assert!(matches!(
+            rr.lb_config,
+            Some(cluster::LbConfig::RoundRobinLbConfig(_))
+        ));
+        let off = ClusterOptions {
+            slow_start_window: Some(Duration::ZERO),
+            lb_core_policy: None,
+        };
+        for opts in [off, ClusterOptions::default()] {
+            let plain = cluster_with(NAME, &LbPolicy::LeastRequest, &opts);
+            assert_eq!(plain.metadata, None);
+            assert_eq!(plain.lb_config, None);
+            assert_eq!(
+                plain.load_balancing_policy.unwrap().policies,
+                LbPolicy::LeastRequest.policies()
+            );
+        }
+    }
+
+    #[test]
+    fn every_lb_core_policy_has_a_nearest_xds_policy() {
+        use lb_core::Policy as P;
+        for p in P::ALL {
+            let nearest = LbPolicy::nearest(p);
+            assert_eq!(nearest.hashes(), p.is_hash(), "{p} -> {nearest}");
+        }
+        // Where the names agree, the annotation value parses to the same.
+        for p in [P::P2c, P::RoundRobin, P::Random, P::RingHash] {
+            assert_eq!(p.as_str().parse::<LbPolicy>(), Ok(LbPolicy::nearest(p)));
+        }
     }
 
     #[test]

@@ -147,6 +147,17 @@ fn run_one(entry: &Entry, json: &Path, args: &Args, root: &Path) -> Status {
     // A stale result must not pass for this run's.
     let _ = std::fs::remove_file(json);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // Some programs start others of their package (the fan-out runs
+    // eds-fanout-server and fanout-floor from its own directory): build them all.
+    let built = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--release", "-p", entry.package, "--bins"])
+        .status();
+    match built {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Status::Failed(format!("building {}'s programs: {s}", entry.package)),
+        Err(e) => return Status::Failed(format!("could not start {cargo}: {e}")),
+    }
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root)
         .args([
