@@ -599,6 +599,20 @@ async fn run(args: Args, machine: Machine, pin: bool, command: String) -> anyhow
                 get("lb10", 0.99),
                 get("balance10", 0.99),
             ));
+            // How busy the client's one core was: near saturation, queueing
+            // turns a few percent more CPU per request into a long tail.
+            let busy = |id: &str| median(&cpu(id)).map(|ms_per_1k| ms_per_1k * rate / 1e6);
+            if let (Some(lb), Some(raw)) = (busy("lb10"), busy("raw1")) {
+                notes.push(format!(
+                    "Open loop at {rate:.0} req/s: the client's core was {:.0}% busy with lb-client over 10 backends and {:.0}% with the raw Channel to 1 (client CPU per 1k requests x rate, medians); its p99 against the raw Channel's is {}.",
+                    lb * 100.0,
+                    raw * 100.0,
+                    match (median(&get("lb10", 0.99)), median(&get("raw1", 0.99))) {
+                        (Some(a), Some(b)) => format!("{a:.0} us against {b:.0} us"),
+                        _ => "not available".to_owned(),
+                    }
+                ));
+            }
             if k == rates.len() / 2 {
                 charts.push(percentile_chart(
                     "open-latency",
