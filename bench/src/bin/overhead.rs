@@ -604,11 +604,11 @@ async fn run(args: Args, machine: Machine, pin: bool, command: String) -> anyhow
             let busy = |id: &str| median(&cpu(id)).map(|ms_per_1k| ms_per_1k * rate / 1e6);
             if let (Some(lb), Some(raw)) = (busy("lb10"), busy("raw1")) {
                 notes.push(format!(
-                    "Open loop at {rate:.0} req/s: the client's core was {:.0}% busy with lb-client over 10 backends and {:.0}% with the raw Channel to 1 (client CPU per 1k requests x rate, medians); its p99 against the raw Channel's is {}.",
+                    "Open loop at {rate:.0} req/s: the client needs {:.0}% of its one core with lb-client over 10 backends and {:.0}% with the raw Channel to 1 (client CPU per 1k requests x rate, medians; above 100% it cannot keep up and requests queue); p99 {}.",
                     lb * 100.0,
                     raw * 100.0,
                     match (median(&get("lb10", 0.99)), median(&get("raw1", 0.99))) {
-                        (Some(a), Some(b)) => format!("{a:.0} us against {b:.0} us"),
+                        (Some(a), Some(b)) => format!("{a:.0} us against the raw Channel's {b:.0} us"),
                         _ => "not available".to_owned(),
                     }
                 ));
