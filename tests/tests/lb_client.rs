@@ -383,7 +383,11 @@ async fn the_services_annotated_policy_applies_when_the_client_sets_none() -> an
     })
     .await?;
     let t = load(channel.clone(), 4, 200, None, echo(0)).await;
-    ensure!(t.errors.is_empty(), "errors under peak-ewma: {:?}", t.errors);
+    ensure!(
+        t.errors.is_empty(),
+        "errors under peak-ewma: {:?}",
+        t.errors
+    );
     fleet.annotate("eds.rs/slow-start-window", None).await?;
 
     // Without the annotation the server's default, least request, is P2C here.
