@@ -143,7 +143,6 @@ type CacheKey = (ResourceType, String, Option<String>, bool);
 pub struct SnapshotSource {
     topology: Arc<Topology>,
     config: SourceConfig,
-    metrics: Arc<Metrics>,
     cache: Mutex<HashMap<CacheKey, Arc<Resource>>>,
     /// The source of the topology published before this one, whose cached
     /// resources are reused when their version is unchanged.
@@ -156,10 +155,13 @@ pub struct SnapshotSource {
 impl SnapshotSource {
     /// A source over `topology`.
     pub fn new(topology: Arc<Topology>, config: SourceConfig, metrics: Arc<Metrics>) -> Self {
+        metrics.set_state(
+            "invalid_lb_policy_annotations",
+            invalid_policy_annotations(&topology),
+        );
         Self {
             topology,
             config,
-            metrics,
             cache: Mutex::new(HashMap::new()),
             previous: Mutex::new(None),
             missing: Mutex::new(std::collections::HashSet::new()),
@@ -192,13 +194,17 @@ impl SnapshotSource {
             ResourceType::Listener => (String::new(), Box::new(|| pack(&listener(name)))),
             ResourceType::RouteConfiguration | ResourceType::Cluster => {
                 let (policy, options) = self.policy(meta, &canonical);
-                let recipe = format!("{policy:?}|{options:?}");
-                let encode: Box<dyn FnOnce() -> Any + '_> = if ty == ResourceType::Cluster {
-                    Box::new(move || pack(&cluster_with(name, &policy, &options)))
+                // Each version covers only what its resource is built from,
+                // so a slow-start change does not re-push the routes.
+                if ty == ResourceType::Cluster {
+                    let recipe = format!("{policy:?}|{options:?}");
+                    let encode = move || pack(&cluster_with(name, &policy, &options));
+                    (recipe, Box::new(encode) as Box<dyn FnOnce() -> Any + '_>)
                 } else {
-                    Box::new(move || pack(&route_configuration(name, &policy)))
-                };
-                (recipe, encode)
+                    let recipe = format!("{policy:?}");
+                    let encode = move || pack(&route_configuration(name, &policy));
+                    (recipe, Box::new(encode) as Box<dyn FnOnce() -> Any + '_>)
+                }
             }
             ResourceType::ClusterLoadAssignment => {
                 let all = self
@@ -290,8 +296,8 @@ impl SnapshotSource {
             (Ok(p), _) => p,
             (Err(_), Some(p)) => LbPolicy::nearest(p),
             (Err(e), None) => {
+                // Counted per topology in `invalid_policy_annotations`.
                 warn!(service = %key, %e, "unknown eds.rs/lb-policy; using the default");
-                self.metrics.set_state("invalid_lb_policy_annotations", 1);
                 return (LbPolicy::default(), options);
             }
         };
@@ -322,6 +328,24 @@ impl SnapshotSource {
             }
         }
     }
+}
+
+/// Services with an `eds.rs/lb-policy` (or per-port `lb-policy.<port>`)
+/// annotation that names no policy: the `invalid_lb_policy_annotations`
+/// gauge, recomputed for every topology so it falls back to 0 once fixed.
+fn invalid_policy_annotations(topology: &Topology) -> i64 {
+    let invalid =
+        |v: &String| v.parse::<LbPolicy>().is_err() && v.trim().parse::<lb_core::Policy>().is_err();
+    let count = topology
+        .services
+        .values()
+        .filter(|meta| {
+            meta.annotations
+                .iter()
+                .any(|(k, v)| (k == "lb-policy" || k.starts_with("lb-policy.")) && invalid(v))
+        })
+        .count();
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// Per-zone (weight, priority) for a client in `local`: zones with a share of
@@ -475,6 +499,16 @@ mod tests {
         config: SourceConfig,
         annotations: &[(&str, &str)],
     ) -> SnapshotSource {
+        annotated_in(endpoints, config, annotations, Arc::new(Metrics::new()))
+    }
+
+    /// [`annotated`], reporting into `metrics`.
+    fn annotated_in(
+        endpoints: &[(&str, Health)],
+        config: SourceConfig,
+        annotations: &[(&str, &str)],
+        metrics: Arc<Metrics>,
+    ) -> SnapshotSource {
         let key: ServiceKey = "echo.demo:8080".parse().unwrap();
         let topology = Topology {
             snapshot: lb_core::Snapshot::new([(key, set(endpoints))]),
@@ -493,7 +527,7 @@ mod tests {
             )]
             .into(),
         };
-        SnapshotSource::new(Arc::new(topology), config, Arc::new(Metrics::new()))
+        SnapshotSource::new(Arc::new(topology), config, metrics)
     }
 
     fn cluster_of(source: &SnapshotSource) -> (Cluster, String) {
@@ -558,6 +592,29 @@ mod tests {
             Some(Kind::StringValue("round-robin".into()))
         );
 
+        // The slow-start window is the Cluster's alone: the routes keep
+        // their version.
+        let route = |src: &SnapshotSource| {
+            let Lookup::Found(r) = src.get(
+                ResourceType::RouteConfiguration,
+                "echo.demo:8080",
+                &ClientInfo::new("grpc-go", None),
+            ) else {
+                panic!("echo.demo:8080 exists");
+            };
+            r.version().to_string()
+        };
+        let windowed = |w: &str| {
+            annotated(
+                &eps,
+                SourceConfig::default(),
+                &[("lb-policy", "round-robin"), ("slow-start-window", w)],
+            )
+        };
+        let (a, b) = (windowed("10s"), windowed("20s"));
+        assert_ne!(cluster_of(&a).1, cluster_of(&b).1);
+        assert_eq!(route(&a), route(&b));
+
         // xDS-only names carry no lb-core metadata: maglev means ring hash
         // to lb-client through the list, as to gRPC.
         let (c, _) = cluster_of(&annotated(
@@ -566,6 +623,34 @@ mod tests {
             &[("lb-policy", "maglev")],
         ));
         assert_eq!(c.metadata, None);
+    }
+
+    #[test]
+    fn the_invalid_policy_gauge_counts_services_and_clears() {
+        let eps = [("a", Health::Healthy)];
+        // One registry across topologies, as in the server.
+        let metrics = Arc::new(Metrics::new());
+        let gauge_after = |annotations: &[(&str, &str)]| {
+            annotated_in(
+                &eps,
+                SourceConfig::default(),
+                annotations,
+                Arc::clone(&metrics),
+            );
+            metrics
+                .encode()
+                .lines()
+                .find(|l| l.contains("invalid_lb_policy_annotations"))
+                .map(str::to_owned)
+                .expect("the gauge is exported")
+        };
+        let line = gauge_after(&[("lb-policy", "fastest")]);
+        assert!(line.ends_with(" 1"), "{line}");
+        // A per-port annotation counts too; lb-core names are valid.
+        let line = gauge_after(&[("lb-policy", "peak-ewma"), ("lb-policy.grpc", "nope")]);
+        assert!(line.ends_with(" 1"), "{line}");
+        let line = gauge_after(&[("lb-policy", "peak-ewma")]);
+        assert!(line.ends_with(" 0"), "fixed: {line}");
     }
 
     fn cla(source: &SnapshotSource, client: &ClientInfo) -> (proto::resources::ParsedCla, String) {
