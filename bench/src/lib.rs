@@ -8,6 +8,6 @@
 //! it asserts a timing.
 
 pub mod command;
-pub mod grpc_stream;
+pub mod h2_mux;
 pub mod machine;
 pub mod report;

@@ -149,10 +149,8 @@ pub async fn run_until(
                 Arc::clone(&clients),
             )))
             .serve_with_incoming_shutdown(
-                // Nagle off: tonic applies `tcp_nodelay` only to listeners it
-                // binds itself, and a small push held behind a delayed ACK
-                // would wait tens of milliseconds.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                // Nagle off, writes gathered: see `coalesce`.
+                crate::coalesce::xds_incoming(listener),
                 async move {
                     let _ = xds_shutdown.wait_for(|s| *s).await;
                 },

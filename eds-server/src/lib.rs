@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod coalesce;
 pub mod config;
 pub mod csds;
 pub mod grpc;

@@ -343,10 +343,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(XdsGrpc::<Ads>::new(services.clone()))
             .add_service(XdsGrpc::<Eds>::new(services))
-            // As eds-server's own listener: Nagle off.
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true)),
-            ),
+            // eds-server's own listener: Nagle off, writes gathered.
+            .serve_with_incoming(eds_server::coalesce::xds_incoming(xds_listener)),
     );
     let app = axum::Router::new()
         .route("/change", post(change))

@@ -8,18 +8,18 @@
 //! pinning (sender on CPU 0, receiver on CPU 1):
 //!
 //! - `tcp`: plain loopback TCP. The sender writes each subscriber's message
-//!   from one shared buffer, in pieces of `--chunk` bytes (HTTP/2 sends
-//!   DATA frames of at most the peer's SETTINGS_MAX_FRAME_SIZE, 16 KiB
-//!   unless the client raises it, each written with its 9-byte header); the
-//!   receiver counts bytes.
-//! - `http2`: hyper's HTTP/2 server and the fan-out load generator's own
-//!   client (`eds_bench::grpc_stream`), one gRPC-framed stream per
-//!   subscriber. The sender answers every stream with a pre-encoded message
-//!   and, on a change, hands every stream the next one (a shared `Bytes`);
-//!   it reads and drops what subscribers send. The receivers decode
-//!   `version_info` and ACK, exactly as the fan-out's SotW subscribers do.
-//!   This is the HTTP/2 stack eds-server runs on, with no xDS, no tonic
-//!   and no per-subscriber state.
+//!   from one shared buffer, in writes of `--chunk` bytes (default: the
+//!   256 KiB eds-server's listener gathers h2's 16 KiB DATA frames into,
+//!   `eds_server::coalesce`); the receiver counts bytes.
+//! - `http2`: hyper's HTTP/2 server, over eds-server's write-gathering
+//!   socket wrapper, and the fan-out load generator's own client
+//!   (`eds_bench::h2_mux`), one gRPC-framed stream per subscriber. The
+//!   sender answers every stream with a pre-encoded message and, on a
+//!   change, hands every stream the next one (a shared `Bytes`); it reads
+//!   and drops what subscribers send. The receivers decode `version_info`
+//!   and ACK, exactly as the fan-out's SotW subscribers do. This is the
+//!   HTTP/2 stack eds-server runs on, with no xDS, no tonic and no
+//!   per-subscriber state.
 //!
 //! ```sh
 //! cargo run --release -p eds-bench --bin fanout-floor -- --stack http2
@@ -38,13 +38,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
-use eds_bench::grpc_stream::{Connection, Windows};
+use eds_bench::h2_mux::{self, Windows, grpc_message};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message as _;
+use std::sync::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Stack {
@@ -67,7 +69,7 @@ struct Args {
     #[arg(long, default_value_t = 154_000)]
     bytes: usize,
     /// `tcp` only: bytes per write; 0 writes each message whole.
-    #[arg(long, default_value_t = 16_393)]
+    #[arg(long, default_value_t = eds_server::coalesce::CAPACITY)]
     chunk: usize,
     /// Changes measured.
     #[arg(long, default_value_t = 3)]
@@ -137,7 +139,7 @@ async fn tcp_sender(args: &Args) -> anyhow::Result<()> {
 
 /// A DiscoveryResponse-shaped gRPC message: `version_info` (field 1) and a
 /// body of `bytes` in an unknown length-delimited field, framed.
-fn grpc_message(version: &str, bytes: usize) -> Bytes {
+fn floor_message(version: &str, bytes: usize) -> Bytes {
     let mut inner = BytesMut::new();
     inner.put_u8(0x0a);
     prost::encoding::encode_varint(version.len() as u64, &mut inner);
@@ -155,7 +157,7 @@ fn grpc_message(version: &str, bytes: usize) -> Bytes {
 async fn http2_sender(args: &Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("addr={}", listener.local_addr()?);
-    let (tx, rx) = watch::channel(grpc_message("v0", args.bytes));
+    let (tx, rx) = watch::channel(floor_message("v0", args.bytes));
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -183,8 +185,10 @@ async fn http2_sender(args: &Args) -> anyhow::Result<()> {
                 }
             });
             tokio::spawn(async move {
+                // eds-server's listener gathers h2's writes; so does its floor.
+                let io = TokioIo::new(eds_server::coalesce::Coalesced::new(tcp));
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
+                    .serve_connection(io, service)
                     .await;
             });
         }
@@ -192,7 +196,7 @@ async fn http2_sender(args: &Args) -> anyhow::Result<()> {
     let mut version = 0;
     while next_change().await? {
         version += 1;
-        tx.send_replace(grpc_message(&format!("v{version}"), args.bytes));
+        tx.send_replace(floor_message(&format!("v{version}"), args.bytes));
     }
     Ok(())
 }
@@ -307,33 +311,32 @@ impl Subscribers {
             Arc::new((0..=MAX_ROUNDS).map(|_| AtomicUsize::new(0)).collect());
         let last = Arc::new(Mutex::new(vec![None; MAX_ROUNDS + 1]));
         for first in (0..n).step_by(per_conn.max(1)) {
-            // The fan-out load generator's windows.
-            let windows = Windows {
-                connection: 16 << 20,
-                stream: 1 << 20,
-            };
-            let conn = Connection::connect(addr, windows).await?;
-            for _ in first..(first + per_conn).min(n) {
-                let mut stream = conn.open("/floor", &Ack::default()).await?;
-                let (counts, last) = (Arc::clone(&counts), Arc::clone(&last));
-                tokio::spawn(async move {
-                    while let Ok(Some(m)) = stream.message::<Lite>().await {
-                        let at = Instant::now();
-                        let round: usize = m.version_info[1..].parse().unwrap_or(usize::MAX);
-                        if let Some(c) = counts.get(round)
-                            && c.fetch_add(1, Ordering::AcqRel) + 1 == n
-                        {
-                            last.lock().await[round] = Some(at);
-                        }
-                        let ack = Ack {
-                            version_info: m.version_info,
-                        };
-                        if stream.send(&ack).await.is_err() {
-                            return;
-                        }
+            let subscribers = (first + per_conn).min(n) - first;
+            let (counts, last) = (Arc::clone(&counts), Arc::clone(&last));
+            tokio::spawn(async move {
+                // The fan-out load generator's client and windows.
+                let windows = Windows {
+                    connection: 16 << 20,
+                    stream: 1 << 20,
+                };
+                let firsts = vec![grpc_message(&Ack::default()); subscribers];
+                let result = h2_mux::run(addr, windows, "/floor", firsts, |_, message| {
+                    let at = Instant::now();
+                    let m = Lite::decode(message)?;
+                    let round: usize = m.version_info[1..].parse().unwrap_or(usize::MAX);
+                    if let Some(c) = counts.get(round)
+                        && c.fetch_add(1, Ordering::AcqRel) + 1 == n
+                        && let Ok(mut last) = last.lock()
+                    {
+                        last[round] = Some(at);
                     }
-                });
-            }
+                    Ok(Some(grpc_message(&Ack {
+                        version_info: m.version_info,
+                    })))
+                })
+                .await;
+                eprintln!("fanout-floor: a connection ended: {result:?}");
+            });
         }
         let this = Self::Http2 { counts, last, n };
         this.wait(0).await?;
@@ -392,7 +395,8 @@ impl Subscribers {
                 }
                 let last = Arc::clone(last);
                 self.wait(round).await?;
-                let at = last.lock().await[round].context("no time recorded")?;
+                let at = last.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[round]
+                    .context("no time recorded")?;
                 Ok(at - t0)
             }
         }

@@ -36,8 +36,8 @@
 //! which includes loopback TCP and the load generator's own scheduling. The
 //! load generator decodes only `version_info`/`nonce`/`type_url` (delta:
 //! each resource's name and version) with a minimal prost message, straight
-//! from the HTTP/2 frames it received (`eds_bench::grpc_stream`), so the
-//! CLA bytes are neither copied nor parsed. What is not measured: CPU
+//! from the HTTP/2 frames it received, one task per connection
+//! (`eds_bench::h2_mux`), so the CLA bytes are neither copied nor parsed. What is not measured: CPU
 //! before t0 (connection set-up, initial responses), the ACKs' processing
 //! after the last receipt, TLS, real Envoy or gRPC clients, and
 //! Kubernetes (eds-server's watchers are replaced by the synthetic index
@@ -62,14 +62,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use clap::Parser;
-use eds_bench::grpc_stream::{Connection, Windows};
+use eds_bench::h2_mux::{self, Windows, grpc_message};
 use eds_bench::machine::{Machine, ProcUsage};
 use eds_bench::report::{
     BenchResult, Better, Chart, ChartKind, Row, Series, Target, median, quantile,
 };
 use eds_tests::gobuild::GoProgram;
 use eds_tests::process::{ChildProcess, Lifetime, log_tail};
+use prost::Message as _;
 use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -301,93 +303,101 @@ fn node(i: usize) -> Node {
     }
 }
 
-async fn sotw_subscriber(conn: Connection, i: usize, load: Arc<Load>) -> anyhow::Result<()> {
-    let first = DiscoveryRequest {
-        node: Some(node(i)),
-        type_url: EDS_TYPE.into(),
-        resource_names: vec![RESOURCE.into()],
-        ..Default::default()
-    };
-    let mut stream = conn.open(SOTW_PATH, &first).await?;
-    let mut held = Held::default();
-    while let Some(response) = stream.message::<SotwLite>().await? {
-        let at = Instant::now();
-        load.received(i, &mut held, &response.version_info, at);
-        stream
-            .send(&DiscoveryRequest {
+/// Subscriber `i`'s first request.
+fn first_request(mode: Mode, i: usize) -> Bytes {
+    match mode {
+        Mode::Sotw => grpc_message(&DiscoveryRequest {
+            node: Some(node(i)),
+            type_url: EDS_TYPE.into(),
+            resource_names: vec![RESOURCE.into()],
+            ..Default::default()
+        }),
+        Mode::Delta => grpc_message(&DeltaDiscoveryRequest {
+            node: Some(node(i)),
+            type_url: EDS_TYPE.into(),
+            resource_names_subscribe: vec![RESOURCE.into()],
+            ..Default::default()
+        }),
+    }
+}
+
+/// Subscriber `i` received `message`: record it and build the ACK.
+fn on_response(
+    mode: Mode,
+    i: usize,
+    held: &mut Held,
+    message: &mut dyn bytes::Buf,
+    load: &Load,
+) -> anyhow::Result<Bytes> {
+    let at = Instant::now();
+    Ok(match mode {
+        Mode::Sotw => {
+            let response = SotwLite::decode(message)?;
+            load.received(i, held, &response.version_info, at);
+            grpc_message(&DiscoveryRequest {
                 version_info: response.version_info,
                 response_nonce: response.nonce,
                 type_url: response.type_url,
                 resource_names: vec![RESOURCE.into()],
                 ..Default::default()
             })
-            .await?;
-    }
-    Ok(())
-}
-
-async fn delta_subscriber(conn: Connection, i: usize, load: Arc<Load>) -> anyhow::Result<()> {
-    let first = DeltaDiscoveryRequest {
-        node: Some(node(i)),
-        type_url: EDS_TYPE.into(),
-        resource_names_subscribe: vec![RESOURCE.into()],
-        ..Default::default()
-    };
-    let mut stream = conn.open(DELTA_PATH, &first).await?;
-    let mut held = Held::default();
-    while let Some(response) = stream.message::<DeltaLite>().await? {
-        let at = Instant::now();
-        if let Some(r) = response.resources.iter().find(|r| r.name == RESOURCE) {
-            load.received(i, &mut held, &r.version, at);
         }
-        stream
-            .send(&DeltaDiscoveryRequest {
+        Mode::Delta => {
+            let response = DeltaLite::decode(message)?;
+            if let Some(r) = response.resources.iter().find(|r| r.name == RESOURCE) {
+                load.received(i, held, &r.version, at);
+            }
+            grpc_message(&DeltaDiscoveryRequest {
                 type_url: response.type_url,
                 response_nonce: response.nonce,
                 ..Default::default()
             })
-            .await?;
-    }
-    Ok(())
+        }
+    })
 }
 
-/// N subscribers over `ceil(N / per_conn)` connections.
-async fn subscribe(
+/// N subscribers over `ceil(N / per_conn)` connections, one task each.
+fn subscribe(
     xds: SocketAddr,
     n: usize,
     per_conn: usize,
     mode: Mode,
     load: &Arc<Load>,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+) -> Vec<JoinHandle<()>> {
     let per_conn = per_conn.max(1);
-    let mut tasks = Vec::with_capacity(n);
-    for first in (0..n).step_by(per_conn) {
-        // Large flow-control windows, as Envoy configures them: the default
-        // 64 KiB connection window would throttle 100 streams of ~50 KiB
-        // responses on either server.
-        let windows = Windows {
-            connection: 16 << 20,
-            stream: 1 << 20,
-        };
-        let channel =
-            tokio::time::timeout(Duration::from_secs(10), Connection::connect(xds, windows))
-                .await
-                .with_context(|| format!("connecting to the xDS server at {xds}: timed out"))??;
-        for i in first..(first + per_conn).min(n) {
-            let (channel, load) = (channel.clone(), Arc::clone(load));
-            tasks.push(tokio::spawn(async move {
-                let result = match mode {
-                    Mode::Sotw => sotw_subscriber(channel, i, Arc::clone(&load)).await,
-                    Mode::Delta => delta_subscriber(channel, i, Arc::clone(&load)).await,
+    let path = match mode {
+        Mode::Sotw => SOTW_PATH,
+        Mode::Delta => DELTA_PATH,
+    };
+    (0..n)
+        .step_by(per_conn)
+        .map(|first| {
+            let ids: Vec<usize> = (first..(first + per_conn).min(n)).collect();
+            let load = Arc::clone(load);
+            tokio::spawn(async move {
+                // Large flow-control windows, as Envoy configures them: the
+                // default 64 KiB connection window would throttle 100
+                // streams of ~150 KB responses on either server.
+                let windows = Windows {
+                    connection: 16 << 20,
+                    stream: 1 << 20,
                 };
-                match result {
-                    Ok(()) => load.fail(format!("subscriber {i}: the server ended the stream")),
-                    Err(e) => load.fail(format!("subscriber {i}: {e:#}")),
+                let firsts = ids.iter().map(|&i| first_request(mode, i)).collect();
+                let mut held: Vec<Held> = ids.iter().map(|_| Held::default()).collect();
+                let result = h2_mux::run(xds, windows, path, firsts, |k, message| {
+                    on_response(mode, ids[k], &mut held[k], message, &load).map(Some)
+                })
+                .await;
+                let why = match result {
+                    Ok(()) => "the server closed the connection".to_owned(),
+                    Err(e) => format!("{e:#}"),
+                };
+                for i in &ids {
+                    load.fail(format!("subscriber {i}: {why}"));
                 }
-            }));
-        }
-    }
-    Ok(tasks)
+            })
+        })
+        .collect()
 }
 
 /// Waits until `count` reaches `n`; fails on a subscriber error, a dead
@@ -692,7 +702,7 @@ async fn measure(
     let rss_before = ProcUsage::of(server.pid())?.rss_bytes;
 
     let load = Arc::new(Load::new(n));
-    let tasks = subscribe(server.xds, n, setup.streams_per_conn, mode, &load).await?;
+    let tasks = subscribe(server.xds, n, setup.streams_per_conn, mode, &load);
     let result = async {
         wait_for(
             "the initial version",
@@ -941,11 +951,11 @@ struct Results {
 const FLOORS: [(&str, &str); 2] = [
     (
         "http2",
-        "hyper's HTTP/2 server sending one pre-encoded message per stream, this load generator (fanout-floor --stack http2)",
+        "hyper's HTTP/2 server (writes gathered as eds-server's are) sending one pre-encoded message per stream, this load generator (fanout-floor --stack http2)",
     ),
     (
         "tcp",
-        "plain loopback TCP, the same bytes in 16 KiB writes, a reader that counts bytes (fanout-floor --stack tcp)",
+        "plain loopback TCP, the same bytes in 256 KiB writes, a reader that counts bytes (fanout-floor --stack tcp)",
     ),
 ];
 
