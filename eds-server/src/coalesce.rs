@@ -26,6 +26,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
@@ -37,6 +38,36 @@ use tonic::transport::server::{Connected, TcpIncoming};
 /// loopback TCP segment's worth of frames several times over, and small
 /// enough to stay in a core's cache.
 pub const CAPACITY: usize = 256 * 1024;
+
+/// Buffers kept for the next burst on any connection. Without a pool every
+/// burst would allocate its buffer afresh, and the allocator hands large
+/// blocks back to the kernel on free: at 100 connections a push cost
+/// ~100,000 page faults more.
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// At most this many buffers wait in the pool (16 MiB at [`CAPACITY`]).
+const POOLED: usize = 64;
+
+/// A buffer for a burst: a pooled one if `capacity` is the pooled size.
+fn take_buffer(capacity: usize) -> Vec<u8> {
+    let pooled = (capacity == CAPACITY)
+        .then(|| POOL.lock().ok().and_then(|mut pool| pool.pop()))
+        .flatten();
+    pooled.unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Returns a burst's buffer to the pool, or frees it.
+fn give_back(mut buf: Vec<u8>, capacity: usize) {
+    if capacity != CAPACITY || buf.capacity() < CAPACITY {
+        return;
+    }
+    buf.clear();
+    if let Ok(mut pool) = POOL.lock()
+        && pool.len() < POOLED
+    {
+        pool.push(buf);
+    }
+}
 
 /// An IO object whose writes are gathered (see the module doc).
 #[derive(Debug)]
@@ -84,6 +115,9 @@ impl<T> Coalesced<T> {
     fn gather(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.room());
         if n > 0 {
+            if self.buf.capacity() == 0 {
+                self.buf = take_buffer(self.capacity);
+            }
             if self.buf.len() + n > self.capacity {
                 // Written bytes sit at the front; reuse their space.
                 self.buf.drain(..self.start);
@@ -186,6 +220,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         }
         self.wrote_since_flush = false;
         std::task::ready!(self.poll_drain(cx))?;
+        // The burst is over. A server has one of these per client
+        // connection, so the buffer goes back to the pool rather than stay
+        // (10,000 idle clients would otherwise hold 2.5 GiB).
+        give_back(std::mem::take(&mut self.buf), self.capacity);
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -313,6 +351,26 @@ mod tests {
         assert_eq!(flush(&mut io, &mut cx), Poll::Ready(()));
         assert_eq!(io.inner.flushes, 2);
         assert_eq!(woken.0.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn the_buffer_is_held_for_a_burst_and_given_back_after_it() {
+        let (_, waker) = context();
+        let mut cx = Context::from_waker(&waker);
+        let mut io = Coalesced::new(Socket::default());
+        let burst = vec![2; CAPACITY + 100];
+        let mut at = 0;
+        while at < burst.len() {
+            if let Poll::Ready(n) = write(&mut io, &mut cx, &burst[at..]) {
+                at += n;
+            }
+            assert_eq!(io.buf.capacity(), CAPACITY, "one buffer, sized once");
+        }
+        assert_eq!(flush(&mut io, &mut cx), Poll::Ready(()));
+        assert_eq!(io.buf.capacity(), CAPACITY, "kept while the burst lasts");
+        assert_eq!(flush(&mut io, &mut cx), Poll::Ready(()));
+        assert_eq!(io.buf.capacity(), 0, "given back after it");
+        assert_eq!(io.inner.received, burst);
     }
 
     #[test]
