@@ -136,6 +136,59 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// CPU time of `pid` so far, in nanoseconds: its threads' run time from
+/// `/proc/<pid>/task/*/schedstat`, which resolves what 10 ms ticks cannot
+/// (a 100-subscriber push). `None` when the kernel does not provide it.
+pub fn schedstat_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += ns;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
+/// CPU seconds of `pid` so far: [`schedstat_ns`], or [`ProcUsage`]'s ticks
+/// without it.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    match schedstat_ns(pid) {
+        Some(ns) => Ok(ns as f64 / 1e9),
+        None => Ok(ProcUsage::of(pid)?.cpu_seconds),
+    }
+}
+
+/// Pins every thread of this process, and every thread it starts later, to
+/// `cpu` (with `taskset`, from util-linux).
+pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
+    let out = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .output()
+        .context("running `taskset` (util-linux) to pin a benchmark process")?;
+    if !out.status.success() {
+        bail!("taskset failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use eds_bench::h2_mux::{self, Windows, grpc_message};
+use eds_bench::machine::{pin_self, schedstat_ns};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -216,7 +217,7 @@ struct Ack {
 }
 
 async fn receiver(args: &Args) -> anyhow::Result<()> {
-    pin(1)?;
+    pin_self(1)?;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new("taskset")
         .arg("-c")
@@ -253,7 +254,10 @@ async fn receiver(args: &Args) -> anyhow::Result<()> {
         Stack::Http2 => Subscribers::http2(addr, args.subscribers, args.per_conn).await?,
     };
     for round in 1..=args.rounds {
-        let cpu0 = (cpu_ns(pid)?, cpu_ns(std::process::id())?);
+        let cpu0 = (
+            schedstat_ns(pid).context("no schedstat")?,
+            schedstat_ns(std::process::id()).context("no schedstat")?,
+        );
         let t0 = Instant::now();
         stdin.write_all(b"go\n").await?;
         let last = subscribers.all_received(round, t0).await?;
@@ -263,7 +267,10 @@ async fn receiver(args: &Args) -> anyhow::Result<()> {
                 bail!("unexpected sender line {done}");
             }
         }
-        let cpu1 = (cpu_ns(pid)?, cpu_ns(std::process::id())?);
+        let cpu1 = (
+            schedstat_ns(pid).context("no schedstat")?,
+            schedstat_ns(std::process::id()).context("no schedstat")?,
+        );
         // One line per change, parsed by the fan-out benchmark.
         println!(
             "floor stack={} round={round} subscribers={} connections={connections} gb={total_gb:.3} \
@@ -335,7 +342,10 @@ impl Subscribers {
                     })))
                 })
                 .await;
-                eprintln!("fanout-floor: a connection ended: {result:?}");
+                // The sender closing its connections at exit ends them with Ok.
+                if let Err(e) = result {
+                    eprintln!("fanout-floor: a connection failed: {e:#}");
+                }
             });
         }
         let this = Self::Http2 { counts, last, n };
@@ -401,34 +411,4 @@ impl Subscribers {
             }
         }
     }
-}
-
-/// Run time of every thread of `pid` in ns (`/proc/<pid>/task/*/schedstat`).
-fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
-        total += stat
-            .split_whitespace()
-            .next()
-            .context("schedstat")?
-            .parse::<u64>()?;
-    }
-    Ok(total)
-}
-
-fn pin(cpu: usize) -> anyhow::Result<()> {
-    let status = Command::new("taskset")
-        .args([
-            "-p",
-            "-c",
-            &cpu.to_string(),
-            &std::process::id().to_string(),
-        ])
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("taskset failed");
-    }
-    Ok(())
 }

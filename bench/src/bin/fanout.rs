@@ -66,7 +66,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use eds_bench::h2_mux::{self, Windows, grpc_message};
-use eds_bench::machine::{Machine, ProcUsage};
+use eds_bench::machine::{Machine, ProcUsage, cpu_seconds, pin_self};
 use eds_bench::report::{
     BenchResult, Better, Chart, ChartKind, Row, Series, Target, median, quantile,
 };
@@ -432,33 +432,6 @@ async fn wait_for(
 
 // ---------------------------------------------------------------------------
 // Processes, control endpoints and measurements.
-
-/// CPU seconds of `pid` so far: the sum of its threads' run time from
-/// `schedstat` (nanoseconds), or `ProcUsage` (10 ms ticks) without it.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let mut total_ns = 0u64;
-    let mut any = false;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-                continue;
-            };
-            if let Some(ns) = stat
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                total_ns += ns;
-                any = true;
-            }
-        }
-    }
-    if any {
-        Ok(total_ns as f64 / 1e9)
-    } else {
-        Ok(ProcUsage::of(pid)?.cpu_seconds)
-    }
-}
 
 /// Minor page faults of `pid` so far (`/proc/<pid>/stat` field 10), to show
 /// how much of a push is first-touch memory; 0 when unreadable.
@@ -845,21 +818,6 @@ fn raise_nofile() -> anyhow::Result<u64> {
         }
     }
     Ok(limit.rlim_cur)
-}
-
-/// Pins this process (before any thread exists, so every later thread
-/// inherits it) to CPU 1 with `taskset`.
-fn pin_self() -> anyhow::Result<()> {
-    let out = Command::new("taskset")
-        .args(["-cp", "1", &std::process::id().to_string()])
-        .output()
-        .context(
-            "running `taskset` (util-linux) to pin the load generator; pass --no-pin to skip",
-        )?;
-    if !out.status.success() {
-        bail!("taskset failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 fn go_harness() -> GoProgram<'static> {
@@ -1249,7 +1207,7 @@ fn main() -> anyhow::Result<()> {
     let machine = Machine::probe(args.servers.contains(&ServerKind::Go));
     let pin = !args.no_pin && cpus >= 2;
     if pin {
-        pin_self()?;
+        pin_self(1).context("pinning the load generator; pass --no-pin to skip")?;
     }
     let go_bin = if args.servers.contains(&ServerKind::Go) {
         go_harness().ensure(true)?

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use eds_bench::machine::{Machine, ProcUsage};
+use eds_bench::machine::{Machine, ProcUsage, pin_self};
 use eds_bench::report::{BenchResult, Better, Chart, ChartKind, Row, Series, Target, median};
 use lb_client::{LbChannel, LbClient, LbConfig, ServiceOptions};
 use lb_core::{Endpoint, Policy};
@@ -230,24 +230,6 @@ fn max_over_mean(v: &[f64]) -> f64 {
         return f64::NAN;
     }
     v.iter().copied().fold(0.0, f64::max) / mean
-}
-
-/// Pins this process (only the main thread exists yet, so every thread
-/// started later inherits it) to `cpu`.
-fn pin_self(cpu: usize) -> anyhow::Result<()> {
-    let status = std::process::Command::new("taskset")
-        .args([
-            "-a",
-            "-p",
-            "-c",
-            &cpu.to_string(),
-            &std::process::id().to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running taskset")?;
-    anyhow::ensure!(status.success(), "taskset failed: {status}");
-    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
