@@ -37,7 +37,8 @@
 //! load generator decodes only `version_info`/`nonce`/`type_url` (delta:
 //! each resource's name and version) with a minimal prost message, straight
 //! from the HTTP/2 frames it received, one task per connection
-//! (`eds_bench::h2_mux`), so the CLA bytes are neither copied nor parsed. What is not measured: CPU
+//! (`eds_bench::h2_mux`), so the CLA bytes are neither copied nor parsed.
+//! What is not measured: CPU
 //! before t0 (connection set-up, initial responses), the ACKs' processing
 //! after the last receipt, TLS, real Envoy or gRPC clients, and
 //! Kubernetes (eds-server's watchers are replaced by the synthetic index
@@ -47,8 +48,8 @@
 //! xDS server (`fanout-floor`, same bytes, connections, pinning and change
 //! protocol): hyper's HTTP/2 server (writes gathered as eds-server's are)
 //! sending pre-encoded messages to this load generator, and plain TCP in
-//! 256 KiB writes. eds-server's rows against
-//! them show how much of its time the stack and the kernel already take.
+//! 256 KiB writes. eds-server's rows against them show how much of its time
+//! the stack and the kernel already take.
 //!
 //! It asserts no timing: it records and reports.
 
