@@ -98,11 +98,6 @@ impl<T> Coalesced<T> {
         }
     }
 
-    /// The wrapped IO object.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     fn pending(&self) -> usize {
         self.buf.len() - self.start
     }

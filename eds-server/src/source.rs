@@ -530,14 +530,17 @@ mod tests {
         SnapshotSource::new(Arc::new(topology), config, metrics)
     }
 
-    fn cluster_of(source: &SnapshotSource) -> (Cluster, String) {
-        let Lookup::Found(r) = source.get(
-            ResourceType::Cluster,
-            "echo.demo:8080",
-            &ClientInfo::new("grpc-go", None),
-        ) else {
+    /// The `ty` resource of `echo.demo:8080`, as a grpc-go client gets it.
+    fn echo(source: &SnapshotSource, ty: ResourceType) -> Arc<Resource> {
+        let Lookup::Found(r) = source.get(ty, "echo.demo:8080", &ClientInfo::new("grpc-go", None))
+        else {
             panic!("echo.demo:8080 exists");
         };
+        r
+    }
+
+    fn cluster_of(source: &SnapshotSource) -> (Cluster, String) {
+        let r = echo(source, ResourceType::Cluster);
         (
             proto::resources::unpack(&r.body()).unwrap(),
             r.version().to_string(),
@@ -595,14 +598,9 @@ mod tests {
         // The slow-start window is the Cluster's alone: the routes keep
         // their version.
         let route = |src: &SnapshotSource| {
-            let Lookup::Found(r) = src.get(
-                ResourceType::RouteConfiguration,
-                "echo.demo:8080",
-                &ClientInfo::new("grpc-go", None),
-            ) else {
-                panic!("echo.demo:8080 exists");
-            };
-            r.version().to_string()
+            echo(src, ResourceType::RouteConfiguration)
+                .version()
+                .to_string()
         };
         let windowed = |w: &str| {
             annotated(

@@ -31,12 +31,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use eds_bench::h2_mux::{self, Windows, grpc_message};
 use eds_bench::machine::{pin_self, schedstat_ns};
@@ -44,7 +44,6 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
-use std::sync::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -138,21 +137,23 @@ async fn tcp_sender(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A DiscoveryResponse-shaped gRPC message: `version_info` (field 1) and a
-/// body of `bytes` in an unknown length-delimited field, framed.
+/// What the HTTP/2 floor sends: DiscoveryResponse-shaped, `version_info`
+/// (field 1) and a body the receivers do not declare (field 2, where
+/// `resources` sits).
+#[derive(Clone, PartialEq, prost::Message)]
+struct FloorMessage {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(bytes = "vec", tag = "2")]
+    body: Vec<u8>,
+}
+
+/// One floor message of `bytes` body bytes, gRPC-framed.
 fn floor_message(version: &str, bytes: usize) -> Bytes {
-    let mut inner = BytesMut::new();
-    inner.put_u8(0x0a);
-    prost::encoding::encode_varint(version.len() as u64, &mut inner);
-    inner.put_slice(version.as_bytes());
-    inner.put_u8(0x12);
-    prost::encoding::encode_varint(bytes as u64, &mut inner);
-    inner.put_bytes(7, bytes);
-    let mut framed = BytesMut::with_capacity(5 + inner.len());
-    framed.put_u8(0);
-    framed.put_u32(u32::try_from(inner.len()).unwrap_or(u32::MAX));
-    framed.put_slice(&inner);
-    framed.freeze()
+    grpc_message(&FloorMessage {
+        version_info: version.to_owned(),
+        body: vec![7; bytes],
+    })
 }
 
 async fn http2_sender(args: &Args) -> anyhow::Result<()> {
@@ -254,10 +255,7 @@ async fn receiver(args: &Args) -> anyhow::Result<()> {
         Stack::Http2 => Subscribers::http2(addr, args.subscribers, args.per_conn).await?,
     };
     for round in 1..=args.rounds {
-        let cpu0 = (
-            schedstat_ns(pid).context("no schedstat")?,
-            schedstat_ns(std::process::id()).context("no schedstat")?,
-        );
+        let cpu0 = cpu_pair(pid)?;
         let t0 = Instant::now();
         stdin.write_all(b"go\n").await?;
         let last = subscribers.all_received(round, t0).await?;
@@ -267,10 +265,7 @@ async fn receiver(args: &Args) -> anyhow::Result<()> {
                 bail!("unexpected sender line {done}");
             }
         }
-        let cpu1 = (
-            schedstat_ns(pid).context("no schedstat")?,
-            schedstat_ns(std::process::id()).context("no schedstat")?,
-        );
+        let cpu1 = cpu_pair(pid)?;
         // One line per change, parsed by the fan-out benchmark.
         println!(
             "floor stack={} round={round} subscribers={} connections={connections} gb={total_gb:.3} \
@@ -285,6 +280,12 @@ async fn receiver(args: &Args) -> anyhow::Result<()> {
     drop(stdin);
     child.wait().await?;
     Ok(())
+}
+
+/// CPU time so far of the sender (`pid`) and of this process, in ns.
+fn cpu_pair(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let of = |pid| schedstat_ns(pid).with_context(|| format!("no schedstat for {pid}"));
+    Ok((of(pid)?, of(std::process::id())?))
 }
 
 enum Subscribers {
@@ -322,12 +323,8 @@ impl Subscribers {
             let (counts, last) = (Arc::clone(&counts), Arc::clone(&last));
             tokio::spawn(async move {
                 // The fan-out load generator's client and windows.
-                let windows = Windows {
-                    connection: 16 << 20,
-                    stream: 1 << 20,
-                };
                 let firsts = vec![grpc_message(&Ack::default()); subscribers];
-                let result = h2_mux::run(addr, windows, "/floor", firsts, |_, message| {
+                let result = h2_mux::run(addr, Windows::FANOUT, "/floor", firsts, |_, message| {
                     let at = Instant::now();
                     let m = Lite::decode(message)?;
                     let round: usize = m.version_info[1..].parse().unwrap_or(usize::MAX);

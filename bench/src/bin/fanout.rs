@@ -377,16 +377,9 @@ fn subscribe(
             let ids: Vec<usize> = (first..(first + per_conn).min(n)).collect();
             let load = Arc::clone(load);
             tokio::spawn(async move {
-                // Large flow-control windows, as Envoy configures them: the
-                // default 64 KiB connection window would throttle 100
-                // streams of ~150 KB responses on either server.
-                let windows = Windows {
-                    connection: 16 << 20,
-                    stream: 1 << 20,
-                };
                 let firsts = ids.iter().map(|&i| first_request(mode, i)).collect();
                 let mut held: Vec<Held> = ids.iter().map(|_| Held::default()).collect();
-                let result = h2_mux::run(xds, windows, path, firsts, |k, message| {
+                let result = h2_mux::run(xds, Windows::FANOUT, path, firsts, |k, message| {
                     on_response(mode, ids[k], &mut held[k], message, &load).map(Some)
                 })
                 .await;
