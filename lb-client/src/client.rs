@@ -33,6 +33,7 @@ use crate::control::{ControlPlaneStatus, ControlTask};
 use crate::error::{BuildError, ChannelError};
 use crate::metrics::Metrics;
 use crate::pool::{PoolContext, ServiceDebug, ServicePool, Source};
+use crate::tls::Dialer;
 
 /// A per-request load balancer for any number of services, fed by
 /// eds-server. Cheap to clone; clones share everything.
@@ -259,10 +260,21 @@ impl LbClient {
             return Ok(LbChannel::new(pool.clone(), shared.settings.clone()));
         }
         let options = shared.config.service_options(&key);
+        let timeout = shared.config.connect_timeout;
+        let dialer = match &shared.config.backend_tls {
+            None => Dialer::plaintext(timeout),
+            Some(tls) => {
+                let server_name = options
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| key.dns_name(&shared.config.dns_fallback.cluster_domain));
+                tls.dialer(&name, &server_name, timeout)?
+            }
+        };
         let context = PoolContext {
             zone: shared.config.zone.clone(),
             outlier: shared.config.outlier,
-            connect_timeout: shared.config.connect_timeout,
+            dialer: Arc::new(dialer),
             epoch: shared.epoch,
             metrics: shared.metrics.clone(),
         };

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  metadata.filter_metadata["eds.rs"]["lb-policy"]   an lb-core policy name   (wins when set and known)
+//!  metadata.filter_metadata["eds.rs"]["hash-header"] the header hashing policies hash (the route's hash_policy)
 //!  load_balancing_policy.policies (gRFC A52)         first entry lb-client supports, in order:
 //!      wrr_locality        -> look inside (lb-client does its own zone weighting)
 //!      least_request       -> p2c          (+ slow_start_config)
@@ -25,13 +26,14 @@
 //! or whose settings are out of range (least request with fewer than two
 //! choices, a ring whose minimum exceeds its maximum or 8M, a slow-start
 //! window below zero or an aggression outside (0, 10]), nesting deeper than
-//! gRPC allows, or `eds.rs` metadata of the wrong type. Merely unsupported
+//! gRPC allows, `eds.rs` metadata of the wrong type, or a hash header that
+//! is not a lower-case HTTP header name. Merely unsupported
 //! (ACKed; the caller falls back to the default policy and warns): a list
 //! in which nothing is supported, or a legacy enum value lb-client does not
 //! implement.
 //!
-//! Not read: hashing headers (they live in the RouteConfiguration, which
-//! lb-client does not subscribe to; set [`crate::HashSource`] locally),
+//! Not read: the RouteConfiguration (eds-server repeats the route's hash
+//! header in the Cluster's metadata, above, so lb-client needs no RDS),
 //! locality settings (zone affinity is the client's own), and everything a
 //! proxy needs (timeouts, circuit breakers, transport sockets).
 
@@ -54,6 +56,11 @@ use proto::xds::pb::google::protobuf::{Duration as PbDuration, value::Kind};
 /// Service's `eds.rs/lb-policy` annotation.
 pub use proto::resources::POLICY_METADATA_KEY;
 
+/// The key in `Cluster.metadata.filter_metadata["eds.rs"]` naming the
+/// request header the hashing policies hash; eds-server writes it from the
+/// Service's `eds.rs/hash-header` annotation.
+pub use proto::resources::HASH_HEADER_METADATA_KEY;
+
 /// How deep `wrr_locality` may nest lists; gRPC's limit (gRFC A52).
 const MAX_DEPTH: usize = 16;
 
@@ -74,6 +81,9 @@ pub struct ClusterPolicy {
     pub policy: Option<Policy>,
     /// Slow start from the chosen policy's `slow_start_config`, if any.
     pub slow_start: Option<SlowStart>,
+    /// The request header the hashing policies hash, from the metadata;
+    /// a lower-case header name.
+    pub hash_header: Option<String>,
     /// Where the choice came from, for logs and the debug view, e.g.
     /// `load_balancing_policy.policies[0] wrr_locality > least_request`.
     pub chosen_from: String,
@@ -127,15 +137,37 @@ pub fn parse_cluster(cluster: &Cluster) -> Result<ClusterPolicy, ClusterError> {
         name: name.to_owned(),
         policy: choice.as_ref().map(|c| c.policy),
         slow_start: choice.as_ref().and_then(|c| c.slow_start),
+        hash_header: None,
         chosen_from: choice.map(|c| c.from).unwrap_or_default(),
         unsupported,
     };
-    if let Some(meta) = cluster
+    let meta = cluster
         .metadata
         .as_ref()
-        .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE))
-        && let Some(value) = meta.fields.get(POLICY_METADATA_KEY)
-    {
+        .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE));
+    if let Some(value) = meta.and_then(|m| m.fields.get(HASH_HEADER_METADATA_KEY)) {
+        let field = format!(
+            "metadata.filter_metadata[\"{METADATA_NAMESPACE}\"].{HASH_HEADER_METADATA_KEY}"
+        );
+        let header = match &value.kind {
+            Some(Kind::StringValue(text))
+                // HTTP/2 header names are lower case; `HeaderName` would
+                // quietly fold an upper-case one.
+                if !text.bytes().any(|b| b.is_ascii_uppercase())
+                    && http::HeaderName::try_from(text.as_str()).is_ok() =>
+            {
+                text.clone()
+            }
+            _ => {
+                return Err(err(
+                    field,
+                    "must be a string naming a lower-case HTTP header".into(),
+                ));
+            }
+        };
+        out.hash_header = Some(header);
+    }
+    if let Some(value) = meta.and_then(|m| m.fields.get(POLICY_METADATA_KEY)) {
         let field =
             format!("metadata.filter_metadata[\"{METADATA_NAMESPACE}\"].{POLICY_METADATA_KEY}");
         let Some(Kind::StringValue(text)) = &value.kind else {
@@ -643,6 +675,50 @@ mod tests {
         c.metadata = Some(meta(Kind::NumberValue(1.0)));
         let e = parse_cluster(&c).unwrap_err();
         assert!(e.field.ends_with(".lb-policy"), "{e}");
+    }
+
+    #[test]
+    fn the_hash_header_comes_from_the_metadata_eds_server_writes() {
+        let policy = LbPolicy::RingHash { header: None }
+            .with_hash_header("x-user")
+            .unwrap();
+        let mut c = build_cluster(NAME, &policy);
+        let p = parse_cluster(&c).unwrap();
+        assert_eq!(p.hash_header.as_deref(), Some("x-user"));
+        assert_eq!(p.policy, Some(Policy::RingHash));
+        assert_eq!(
+            parse_cluster(&build_cluster(NAME, &LbPolicy::RingHash { header: None }))
+                .unwrap()
+                .hash_header,
+            None
+        );
+
+        fn fields(c: &mut Cluster) -> &mut HashMap<String, Value> {
+            &mut c
+                .metadata
+                .as_mut()
+                .unwrap()
+                .filter_metadata
+                .get_mut(METADATA_NAMESPACE)
+                .unwrap()
+                .fields
+        }
+        for bad in [
+            Kind::NumberValue(1.0),
+            Kind::StringValue("X-User".into()),
+            Kind::StringValue("x user".into()),
+            Kind::StringValue(String::new()),
+        ] {
+            fields(&mut c).insert(
+                HASH_HEADER_METADATA_KEY.to_owned(),
+                Value {
+                    kind: Some(bad.clone()),
+                },
+            );
+            let e = parse_cluster(&c).unwrap_err();
+            assert!(e.field.ends_with(".hash-header"), "{bad:?}: {e}");
+            assert!(e.problem.contains("lower-case HTTP header"), "{e}");
+        }
     }
 
     #[test]

@@ -39,7 +39,12 @@ pub struct LbConfig {
     pub default_service: ServiceOptions,
     /// Per-service options, by service key.
     pub services: HashMap<String, ServiceOptions>,
-    /// Timeout for one TCP connect plus HTTP/2 handshake to an endpoint.
+    /// TLS towards the endpoints (CA, optional client identity for mTLS);
+    /// `None` dials plaintext HTTP/2. Each service's certificates are
+    /// checked against [`ServiceOptions::tls_server_name`], by default the
+    /// Service's cluster DNS name (`<svc>.<ns>.svc.<cluster_domain>`).
+    pub backend_tls: Option<crate::BackendTls>,
+    /// Timeout for one TCP connect plus (TLS and) HTTP/2 handshake to an endpoint.
     pub connect_timeout: Duration,
     /// Open connections as soon as endpoints are known rather than on the
     /// first request that picks them.
@@ -73,6 +78,7 @@ impl LbConfig {
         Self {
             control_plane: var("EDS_XDS_SERVER"),
             control_plane_tls: None,
+            backend_tls: None,
             node_id: var("EDS_NODE_ID")
                 .or_else(|| var("HOSTNAME"))
                 .unwrap_or_else(|| "lb-client".to_owned()),
@@ -228,6 +234,10 @@ pub struct ServiceOptions {
     pub load_factor: LoadFactor,
     /// Prefer the client's own zone, spilling over proportionally.
     pub zone_affinity: bool,
+    /// With [`LbConfig::backend_tls`]: the name every endpoint's certificate
+    /// must carry. `None`: the Service's cluster DNS name, which all its
+    /// pods share.
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for ServiceOptions {
@@ -239,6 +249,7 @@ impl Default for ServiceOptions {
             panic_threshold: 0.5,
             load_factor: LoadFactor::default(),
             zone_affinity: true,
+            tls_server_name: None,
         }
     }
 }

@@ -16,22 +16,29 @@
 //! its handle when the endpoint leaves, in-flight responses hold theirs
 //! until their bodies end.
 //!
+//! With backend TLS configured, the TCP connection is wrapped in TLS
+//! (ALPN `h2`) before the HTTP/2 handshake, checking the service's name
+//! (see `tls.rs`); both happen within the connect timeout.
+//!
 //! Not a pool of connections per endpoint: one HTTP/2 connection multiplexes
 //! every stream, which is what gRPC expects.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::Body;
+
+use crate::tls::Dialer;
 
 /// Connection state of one endpoint.
 #[derive(Debug)]
 pub(crate) struct Connection {
     address: SocketAddr,
-    timeout: Duration,
+    dialer: Arc<Dialer>,
     /// The open connection's handle: read (and cloned) by every request.
     ready: RwLock<Option<SendRequest<Body>>>,
     /// Held while connecting, so concurrent requests wait for one connect
@@ -44,10 +51,10 @@ pub(crate) struct Connection {
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
 impl Connection {
-    pub(crate) fn new(address: SocketAddr, timeout: Duration) -> Self {
+    pub(crate) fn new(address: SocketAddr, dialer: Arc<Dialer>) -> Self {
         Self {
             address,
-            timeout,
+            dialer,
             ready: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             down_until: Mutex::new(None),
@@ -87,12 +94,13 @@ impl Connection {
         if let Some(s) = self.open() {
             return Ok(s);
         }
-        let result = tokio::time::timeout(self.timeout, connect(self.address))
+        let timeout = self.dialer.connect_timeout;
+        let result = tokio::time::timeout(timeout, connect(self.address, &self.dialer))
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no HTTP/2 connection within {:?}", self.timeout),
+                    format!("no HTTP/2 connection within {timeout:?}"),
                 ))
             });
         let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,6 +117,11 @@ impl Connection {
         }
     }
 
+    /// The URI scheme of requests on this connection.
+    pub(crate) fn scheme(&self) -> http::uri::Scheme {
+        self.dialer.scheme()
+    }
+
     /// Marks the endpoint down after a request found the connection broken.
     pub(crate) fn mark_down(&self) {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -116,10 +129,32 @@ impl Connection {
     }
 }
 
-async fn connect(address: SocketAddr) -> std::io::Result<SendRequest<Body>> {
+async fn connect(address: SocketAddr, dialer: &Dialer) -> std::io::Result<SendRequest<Body>> {
     let tcp = tokio::net::TcpStream::connect(address).await?;
     // gRPC messages are small and latency-bound; Nagle only adds delay.
     tcp.set_nodelay(true)?;
+    let Some(tls) = &dialer.tls else {
+        return handshake(address, tcp).await;
+    };
+    let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+    // No ALPN at all may still be HTTP/2 by prior knowledge; another
+    // protocol (http/1.1) never is, and the preface would fail obscurely.
+    if let Some(other) = stream.get_ref().1.alpn_protocol().filter(|p| *p != b"h2") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the backend chose ALPN protocol {:?}, not h2 (gRPC needs HTTP/2)",
+                String::from_utf8_lossy(other)
+            ),
+        ));
+    }
+    handshake(address, stream).await
+}
+
+async fn handshake<T>(address: SocketAddr, io: T) -> std::io::Result<SendRequest<Body>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         // Pings find a dead peer (a node gone without a FIN) in ~30 s
@@ -127,7 +162,7 @@ async fn connect(address: SocketAddr) -> std::io::Result<SendRequest<Body>> {
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(false)
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {

@@ -67,6 +67,9 @@ pub enum ChannelError {
     /// The balancer cannot be built with these options.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// Backend TLS is configured but the service's certificate name is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why a request could not be sent. Converted to a `tonic::Status` by
@@ -111,8 +114,18 @@ pub enum RequestError {
 impl RequestError {
     /// The gRPC status a caller sees.
     pub fn to_status(&self) -> tonic::Status {
+        // The message shows the direct source; its causes are often the
+        // useful part (hyper says "connection error", the TLS alert under
+        // it says why).
+        let mut message = self.to_string();
+        let mut cause = std::error::Error::source(self).and_then(std::error::Error::source);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
         // UNAVAILABLE for all: nothing reached application code on the
         // server, or the connection broke; the request may be retried.
-        tonic::Status::unavailable(self.to_string())
+        tonic::Status::unavailable(message)
     }
 }

@@ -34,11 +34,14 @@
 //! ([`ServiceDebug::policy_source`]) and the `lb_client_policy` metric say
 //! which one applies: `local`, `cds` or `default`.
 //!
+//! Connections to endpoints are plaintext HTTP/2 unless
+//! [`LbConfig::backend_tls`] is set ([`BackendTls`]: CA, optional client
+//! identity for mTLS); then every connection is TLS with ALPN `h2`, checked
+//! against the Service's name (see [`ServiceOptions::tls_server_name`]).
+//!
 //! What it is not: a general xDS client (EDS and CDS for the keys it is
 //! asked for; no LDS, RDS or delta, so a hash header comes from
-//! [`ServiceOptions::hash`], not from routes), or a TLS client towards
-//! backends (connections to endpoints are plaintext HTTP/2, as pod-to-pod
-//! gRPC in a mesh-less cluster usually is; TLS is for the control plane).
+//! [`ServiceOptions::hash`], not from routes).
 
 mod ads;
 mod channel;
@@ -51,6 +54,7 @@ mod error;
 mod metrics;
 mod persist;
 mod pool;
+mod tls;
 
 pub use ads::{AdsSession, Update, Verdict};
 pub use channel::{BoxError, LbChannel};
@@ -61,6 +65,9 @@ pub use control::ControlPlaneStatus;
 pub use error::{BuildError, ChannelError, RequestError};
 pub use persist::SnapshotFileError;
 pub use pool::{EndpointDebug, PickRecord, PolicySource, ServiceDebug, Source};
+pub use tls::{BackendTls, TlsError};
+/// The rustls this crate links, for [`BackendTls::from_rustls`].
+pub use tokio_rustls::rustls;
 
 /// A request extension carrying the hash key for the hash policies, set by
 /// the caller: `request.extensions_mut().insert(HashKey::from_str_key("user-42"))`.

@@ -25,7 +25,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use lb_core::load::PeakEwma;
@@ -44,6 +44,7 @@ use crate::config::{HashSource, ServiceOptions};
 use crate::conn::Connection;
 use crate::error::ChannelError;
 use crate::metrics::{EndpointCounters, Metrics};
+use crate::tls::Dialer;
 
 /// Where a service's current endpoints came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -161,12 +162,12 @@ struct Stats {
 }
 
 impl EndpointHandle {
-    fn new(endpoint: Endpoint, connect_timeout: Duration, counters: EndpointCounters) -> Self {
+    fn new(endpoint: Endpoint, dialer: Arc<Dialer>, counters: EndpointCounters) -> Self {
         // A new endpoint starts at a modest 10 ms guess so it is tried, and
         // the peak rule corrects it on the first slow answer.
         let initial = Duration::from_millis(10);
         Self {
-            conn: Arc::new(Connection::new(endpoint.address, connect_timeout)),
+            conn: Arc::new(Connection::new(endpoint.address, dialer)),
             authority: authority_of(endpoint.address),
             counters: Arc::new(counters),
             endpoint,
@@ -190,7 +191,7 @@ impl EndpointHandle {
     /// gives only the path).
     pub(crate) fn set_uri<B>(&self, request: &mut http::Request<B>) {
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(self.conn.scheme());
         parts.authority = Some(self.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -305,7 +306,8 @@ struct Inner {
 pub(crate) struct PoolContext {
     pub(crate) zone: Option<String>,
     pub(crate) outlier: OutlierConfig,
-    pub(crate) connect_timeout: Duration,
+    /// How this service's endpoints are dialled (timeout, TLS and name).
+    pub(crate) dialer: Arc<Dialer>,
     pub(crate) epoch: Instant,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -317,8 +319,11 @@ pub(crate) struct ServicePool {
     pub(crate) name: String,
     /// The application's options, against which each Cluster is weighed.
     options: ServiceOptions,
-    hash_header: Option<http::HeaderName>,
-    connect_timeout: Duration,
+    /// The header the hashing policies hash: the application's
+    /// ([`HashSource::Header`]) or else the Cluster's. Read by every request
+    /// that carries no `HashKey`; written only when a Cluster arrives.
+    hash_header: RwLock<Option<http::HeaderName>>,
+    dialer: Arc<Dialer>,
     epoch: Instant,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
@@ -348,7 +353,7 @@ impl ServicePool {
         let PoolContext {
             zone,
             outlier,
-            connect_timeout,
+            dialer,
             epoch,
             metrics,
         } = context;
@@ -369,8 +374,8 @@ impl ServicePool {
             key,
             name,
             options: options.clone(),
-            hash_header,
-            connect_timeout,
+            hash_header: RwLock::new(hash_header),
+            dialer,
             epoch,
             metrics,
             inner: Mutex::new(Inner {
@@ -444,7 +449,7 @@ impl ServicePool {
                     let counters = self.metrics.endpoint(&self.name, e.address);
                     let h = Arc::new(EndpointHandle::new(
                         e.clone(),
-                        self.connect_timeout,
+                        self.dialer.clone(),
                         counters,
                     ));
                     fresh.push(h.clone());
@@ -487,6 +492,14 @@ impl ServicePool {
             return;
         }
         let next = effective(&self.options, cluster.as_ref());
+        if matches!(self.options.hash, HashSource::Extension) {
+            // Validated when the Cluster was parsed, so this never drops one.
+            let from_cluster = cluster
+                .as_ref()
+                .and_then(|c| c.hash_header.as_deref())
+                .and_then(|h| http::HeaderName::try_from(h).ok());
+            *self.hash_header.write().unwrap_or_else(|e| e.into_inner()) = from_cluster;
+        }
         inner.cluster = cluster;
         let current = inner.balancer.config();
         let before = (current.policy, inner.policy_source);
@@ -568,10 +581,10 @@ impl ServicePool {
         if let Some(k) = request.extensions().get::<crate::HashKey>() {
             return Some(k.0);
         }
-        let header = self.hash_header.as_ref()?;
+        let header = self.hash_header.read().unwrap_or_else(|e| e.into_inner());
         request
             .headers()
-            .get(header)
+            .get(header.as_ref()?)
             .map(|v| hash_bytes(v.as_bytes()))
     }
 
@@ -652,6 +665,12 @@ impl ServicePool {
             policy: inner.balancer.config().policy.to_string(),
             policy_source: inner.policy_source,
             policy_note: inner.policy_note.clone(),
+            hash_header: self
+                .hash_header
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|h| h.as_str().to_owned()),
             slow_start_window_ms: inner
                 .balancer
                 .config()
@@ -711,6 +730,10 @@ pub struct ServiceDebug {
     /// Why the policy is not the Cluster's, when that is worth knowing (a
     /// local override, or a Cluster asking only for unsupported policies).
     pub policy_note: Option<String>,
+    /// The request header hashed by the hashing policies: the application's
+    /// ([`crate::HashSource::Header`]) or the Cluster's (`eds.rs/hash-header`
+    /// on the Service). A `HashKey` extension on a request wins over both.
+    pub hash_header: Option<String>,
     /// The slow-start window new endpoints ramp up over (the Cluster's or
     /// the local one, whichever the policy came with); `None`: off.
     pub slow_start_window_ms: Option<u64>,
@@ -770,6 +793,7 @@ mod tests {
             name: "echo.demo:8080".into(),
             policy,
             slow_start: slow,
+            hash_header: None,
             chosen_from: "test".into(),
             unsupported: if policy.is_none() {
                 vec!["type.googleapis.com/acme.Lb".into()]
@@ -815,13 +839,79 @@ mod tests {
     }
 
     #[test]
+    fn the_clusters_hash_header_applies_unless_the_application_chose_one() {
+        let pool = |options: &ServiceOptions| {
+            let context = PoolContext {
+                zone: None,
+                outlier: OutlierConfig::default(),
+                dialer: Arc::new(Dialer::plaintext(Duration::from_secs(1))),
+                epoch: Instant::now(),
+                metrics: Arc::new(Metrics::new()),
+            };
+            ServicePool::new(
+                "echo.demo:8080".parse().unwrap(),
+                "echo.demo:8080".into(),
+                options,
+                context,
+            )
+            .unwrap()
+        };
+        let request = |pairs: &[(&str, &str)]| {
+            let mut r = http::Request::new(());
+            for (k, v) in pairs {
+                r.headers_mut().insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            r
+        };
+        let hashing = ClusterPolicy {
+            hash_header: Some("x-user".into()),
+            ..cds(Some(Policy::RingHash), None)
+        };
+        let both = request(&[("x-user", "ann"), ("x-local", "bob")]);
+
+        let p = pool(&ServiceOptions::default());
+        assert_eq!(
+            p.hash_key(&both),
+            None,
+            "no header before a Cluster names one"
+        );
+        p.set_cluster(Some(hashing.clone()));
+        assert_eq!(p.hash_key(&both), Some(hash_bytes(b"ann")));
+        assert_eq!(p.debug().hash_header.as_deref(), Some("x-user"));
+        // A HashKey extension still wins; a request without the header has no key.
+        let mut keyed = request(&[("x-user", "ann")]);
+        keyed.extensions_mut().insert(crate::HashKey(7));
+        assert_eq!(p.hash_key(&keyed), Some(7));
+        assert_eq!(p.hash_key(&request(&[])), None);
+        // The Cluster going away takes its header with it.
+        p.set_cluster(None);
+        assert_eq!(p.hash_key(&both), None);
+
+        let local = ServiceOptions {
+            hash: HashSource::Header("x-local".into()),
+            ..ServiceOptions::default()
+        };
+        let p = pool(&local);
+        p.set_cluster(Some(hashing));
+        assert_eq!(
+            p.hash_key(&both),
+            Some(hash_bytes(b"bob")),
+            "the application's header wins"
+        );
+        assert_eq!(p.debug().hash_header.as_deref(), Some("x-local"));
+    }
+
+    #[test]
     fn request_uri_gets_scheme_and_the_endpoints_authority() {
         let metrics = Metrics::new();
         for address in ["10.1.2.3:8080", "[fd00::7]:50051"] {
             let address: SocketAddr = address.parse().unwrap();
             let handle = EndpointHandle::new(
                 Endpoint::new(address),
-                Duration::from_secs(1),
+                Arc::new(Dialer::plaintext(Duration::from_secs(1))),
                 metrics.endpoint("echo.demo:8080", address),
             );
             let mut request = http::Request::new(());
@@ -835,7 +925,7 @@ mod tests {
             let other: SocketAddr = "10.9.9.9:80".parse().unwrap();
             let second = EndpointHandle::new(
                 Endpoint::new(other),
-                Duration::from_secs(1),
+                Arc::new(Dialer::plaintext(Duration::from_secs(1))),
                 metrics.endpoint("echo.demo:8080", other),
             );
             second.set_uri(&mut request);

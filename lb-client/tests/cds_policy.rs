@@ -1,6 +1,7 @@
 //! The balancing policy from CDS, through the real client against scripted
 //! ADS servers: a Cluster's policy is applied when the application set none,
-//! a malformed Cluster is NACKed while the last good policy stays, a Cluster
+//! a malformed Cluster is NACKed while the last good policy stays, the
+//! Cluster's hash header keys requests, a Cluster
 //! that disappears brings back the default, a local policy wins, and a
 //! server that refuses CDS still serves endpoints.
 //!
@@ -345,6 +346,50 @@ async fn a_deleted_or_unsupported_cluster_brings_back_the_default() -> anyhow::R
         "unsupported is not malformed"
     );
     ensure!(pods(&client, 4).await?.len() == 4);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_hash_header_keys_requests() -> anyhow::Result<()> {
+    let eds = backends().await?;
+    let hashing = LbPolicy::RingHash { header: None }.with_hash_header("x-user")?;
+    let scripted = Scripted {
+        scripts: BTreeMap::from([
+            (
+                CLUSTER_TYPE_URL.to_owned(),
+                vec![cds("c1", &[cluster(KEY, &hashing)])],
+            ),
+            (CLUSTER_LOAD_ASSIGNMENT_TYPE_URL.to_owned(), vec![eds]),
+        ]),
+        ..Default::default()
+    };
+    let control = serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
+    let client = client(control, ServiceOptions::default())?;
+    let mut echo = EchoClient::new(client.channel(KEY)?);
+    let view = until(&client, "the hashing Cluster with both endpoints", |s| {
+        s.hash_header.is_some() && s.usable == 2
+    })
+    .await?;
+    ensure!(
+        view.policy == "ring-hash" && view.hash_header.as_deref() == Some("x-user"),
+        "{view:?}"
+    );
+    // Each user sticks to one pod; 20 users over a two-endpoint ring land
+    // on both (all on one has odds of about one in half a million).
+    let mut homes = BTreeMap::new();
+    for user in 0..20 {
+        for _ in 0..5 {
+            let mut request = Request::new(EchoRequest::default());
+            request
+                .metadata_mut()
+                .insert("x-user", format!("user-{user}").parse()?);
+            let pod = echo.echo(request).await?.into_inner().pod;
+            let home = homes.entry(user).or_insert_with(|| pod.clone());
+            ensure!(*home == pod, "user-{user} moved from {home} to {pod}");
+        }
+    }
+    let pods: std::collections::BTreeSet<_> = homes.values().collect();
+    ensure!(pods.len() == 2, "every user on one pod: {homes:?}");
     Ok(())
 }
 

@@ -286,11 +286,9 @@ async fn the_services_annotated_policy_applies_when_the_client_sets_none() -> an
     }
     let server = fleet.server().await?;
     let key = fleet.key();
-    // No local policy; only where a hash key would come from, should the
-    // operator choose a hashing policy.
+    // No local policy and no local hash header: both come from the Service.
     let unset = ServiceOptions {
         slow_start: None,
-        hash: HashSource::Header("x-user".into()),
         ..ServiceOptions::default()
     };
     assert!(unset.policy.is_none());
@@ -338,12 +336,22 @@ async fn the_services_annotated_policy_applies_when_the_client_sets_none() -> an
     .await?;
     until_policy(&local, &key, "p2c", PolicySource::Local).await?;
 
-    // The operator switches the Service to ring hash: the client follows
-    // without a restart, and a user's requests now stick to one pod.
+    // The operator switches the Service to ring hash on a header: the
+    // client follows without a restart (the header rides on the Cluster),
+    // and a user's requests now stick to one pod.
     fleet
         .annotate("eds.rs/lb-policy", Some("ring-hash"))
         .await?;
+    fleet.annotate("eds.rs/hash-header", Some("x-user")).await?;
     until_policy(&client, &key, "ring-hash", PolicySource::Cds).await?;
+    eventually("the Service's hash header arrives", WAIT, || async {
+        let d = client.debug();
+        Ok(match d.services.iter().find(|s| s.service == key) {
+            Some(s) if s.hash_header.as_deref() == Some("x-user") => Ok(()),
+            other => Err(format!("{:?}", other.map(|s| &s.hash_header))),
+        })
+    })
+    .await?;
     let mut echo_client = EchoClient::new(channel.clone());
     let mut by_user: BTreeMap<usize, std::collections::BTreeSet<String>> = BTreeMap::new();
     for round in 0..4 {

@@ -28,8 +28,8 @@ pub use endpoints::{
     endpoint_set_from_cla, parse_cla,
 };
 pub use proxyless::{
-    ClusterOptions, LbPolicy, LbPolicyError, POLICY_METADATA_KEY, ads_config_source, cluster,
-    cluster_with, listener, route_configuration,
+    ClusterOptions, HASH_HEADER_METADATA_KEY, LbPolicy, LbPolicyError, POLICY_METADATA_KEY,
+    ads_config_source, cluster, cluster_with, listener, route_configuration,
 };
 
 use prost::Name;

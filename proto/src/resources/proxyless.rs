@@ -13,7 +13,8 @@
 //! Cluster "echo.demo:8080"             type: EDS, eds_config: ads, lb_policy: <legacy enum>,
 //!                                        load_balancing_policy { policies: [preferred, ..., round_robin] },
 //!                                        [slow_start_config in least_request / round_robin and lb_config],
-//!                                        [metadata.filter_metadata["eds.rs"] { lb-policy: <lb-core name> }]
+//!                                        [metadata.filter_metadata["eds.rs"] { lb-policy: <lb-core name>,
+//!                                                                     hash-header: <header> }]
 //! ClusterLoadAssignment "echo.demo:8080"   (see `endpoints`)
 //! ```
 //!
@@ -88,6 +89,12 @@ use crate::xds::pb::google::protobuf::{
 /// The key of `Cluster.metadata.filter_metadata["eds.rs"]` naming the
 /// service's lb-core policy (lb-client reads it before the policy list).
 pub const POLICY_METADATA_KEY: &str = "lb-policy";
+
+/// The key of `Cluster.metadata.filter_metadata["eds.rs"]` naming the
+/// request header a hashing policy hashes (the same header the route's
+/// `hash_policy` names), so lb-client, which reads CDS but not RDS, hashes
+/// on the header the operator chose.
+pub const HASH_HEADER_METADATA_KEY: &str = "hash-header";
 
 /// Name of the router HTTP filter, the last (here: only) filter gRPC requires.
 pub const ROUTER_FILTER_NAME: &str = "envoy.filters.http.router";
@@ -166,14 +173,21 @@ impl ClusterOptions {
         })
     }
 
-    fn metadata(&self) -> Option<Metadata> {
-        let policy = self.lb_core_policy?;
-        let fields = HashMap::from([(
-            POLICY_METADATA_KEY.to_owned(),
-            Value {
-                kind: Some(Kind::StringValue(policy.as_str().to_owned())),
-            },
-        )]);
+    /// `eds.rs` metadata: the lb-core policy and the hash header, when set.
+    fn metadata(&self, hash_header: Option<&str>) -> Option<Metadata> {
+        let string = |v: &str| Value {
+            kind: Some(Kind::StringValue(v.to_owned())),
+        };
+        let fields: HashMap<String, Value> = [
+            (POLICY_METADATA_KEY, self.lb_core_policy.map(|p| p.as_str())),
+            (HASH_HEADER_METADATA_KEY, hash_header),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), string(v?))))
+        .collect();
+        if fields.is_empty() {
+            return None;
+        }
         Some(Metadata {
             filter_metadata: HashMap::from([(METADATA_NAMESPACE.to_owned(), Struct { fields })]),
             ..Default::default()
@@ -508,7 +522,7 @@ pub fn cluster_with(name: &str, policy: &LbPolicy, options: &ClusterOptions) -> 
         load_balancing_policy: Some(LoadBalancingPolicy {
             policies: policy.policies_with(slow_start),
         }),
-        metadata: options.metadata(),
+        metadata: options.metadata(policy.hash_header()),
         ..Default::default()
     }
 }
@@ -742,6 +756,50 @@ mod tests {
                 LbPolicy::LeastRequest.policies()
             );
         }
+    }
+
+    #[test]
+    fn the_hash_header_rides_on_the_cluster_metadata() {
+        let field = |c: &Cluster, key: &str| {
+            c.metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE))
+                .and_then(|m| m.fields.get(key))
+                .and_then(|v| v.kind.clone())
+        };
+        let bounded = ClusterOptions {
+            lb_core_policy: Some(lb_core::Policy::BoundedLoadHash),
+            ..ClusterOptions::default()
+        };
+        let policy = LbPolicy::nearest(lb_core::Policy::BoundedLoadHash)
+            .with_hash_header("x-user")
+            .unwrap();
+        let c = cluster_with(NAME, &policy, &bounded);
+        assert_eq!(
+            field(&c, HASH_HEADER_METADATA_KEY),
+            Some(Kind::StringValue("x-user".into()))
+        );
+        assert_eq!(
+            field(&c, POLICY_METADATA_KEY),
+            Some(Kind::StringValue("bounded-load-hash".into()))
+        );
+        // A plain ring hash on a header carries only the header.
+        let c = cluster(
+            NAME,
+            &LbPolicy::RingHash { header: None }
+                .with_hash_header("shard")
+                .unwrap(),
+        );
+        assert_eq!(
+            field(&c, HASH_HEADER_METADATA_KEY),
+            Some(Kind::StringValue("shard".into()))
+        );
+        assert_eq!(field(&c, POLICY_METADATA_KEY), None);
+        // Hashing without a header adds nothing.
+        assert_eq!(
+            cluster(NAME, &LbPolicy::RingHash { header: None }).metadata,
+            None
+        );
     }
 
     #[test]
