@@ -16,6 +16,12 @@
 //! its handle when the endpoint leaves, in-flight responses hold theirs
 //! until their bodies end.
 //!
+//! Writes are gathered ([`eds_gather::Coalesced`]): a request's frames wait
+//! until the runtime has run the tasks already queued, so requests other
+//! callers send meanwhile share its system call and TCP segment. Over ten
+//! backends that cut the client's and the backends' CPU per request by about
+//! a sixth in the `overhead` benchmark; an idle runtime sends at once.
+//!
 //! With backend TLS configured, the TCP connection is wrapped in TLS
 //! (ALPN `h2`) before the HTTP/2 handshake, checking the service's name
 //! (see `tls.rs`); both happen within the connect timeout.
@@ -27,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use eds_gather::Coalesced;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -134,7 +141,7 @@ async fn connect(address: SocketAddr, dialer: &Dialer) -> std::io::Result<SendRe
     // gRPC messages are small and latency-bound; Nagle only adds delay.
     tcp.set_nodelay(true)?;
     let Some(tls) = &dialer.tls else {
-        return handshake(address, tcp).await;
+        return handshake(address, Coalesced::new(tcp)).await;
     };
     let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
     // No ALPN at all may still be HTTP/2 by prior knowledge; another
@@ -148,7 +155,8 @@ async fn connect(address: SocketAddr, dialer: &Dialer) -> std::io::Result<SendRe
             ),
         ));
     }
-    handshake(address, stream).await
+    // Gathered above TLS, so a gathered write is also one record, not many.
+    handshake(address, Coalesced::new(stream)).await
 }
 
 async fn handshake<T>(address: SocketAddr, io: T) -> std::io::Result<SendRequest<Body>>

@@ -69,7 +69,7 @@ struct Args {
     #[arg(long, default_value_t = 154_000)]
     bytes: usize,
     /// `tcp` only: bytes per write; 0 writes each message whole.
-    #[arg(long, default_value_t = eds_server::coalesce::CAPACITY)]
+    #[arg(long, default_value_t = eds_gather::CAPACITY)]
     chunk: usize,
     /// Changes measured.
     #[arg(long, default_value_t = 3)]
@@ -188,7 +188,7 @@ async fn http2_sender(args: &Args) -> anyhow::Result<()> {
             });
             tokio::spawn(async move {
                 // eds-server's listener gathers h2's writes; so does its floor.
-                let io = TokioIo::new(eds_server::coalesce::Coalesced::new(tcp));
+                let io = TokioIo::new(eds_gather::Coalesced::new(tcp));
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(io, service)
                     .await;
