@@ -10,6 +10,12 @@
 //! tokio's timer ticks in whole milliseconds, far coarser than the tens of
 //! microseconds being measured.
 //!
+//! The open loop can also interleave several transports on one schedule
+//! (request `k` through transport `k mod n`): every transport then sees the
+//! same machine at the same moments, which is how the benchmark measures
+//! the latency lb-client adds on a 2-core VM whose stalls move a p99 by
+//! hundreds of microseconds from one second to the next.
+//!
 //! Both work on any tonic transport (a raw `Channel`, `LbChannel`, a
 //! `balance_list` Channel) through the generated `EchoClient`. Neither
 //! asserts anything; they count. Not the benchmark's plan (the binary has it).
@@ -18,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use eds_bench::report::quantile;
 use proto::echo::EchoRequest;
 use proto::echo::echo_client::EchoClient;
@@ -189,6 +196,20 @@ pub(crate) async fn closed_loop<S: Transport>(
     result
 }
 
+/// One way of sending an echo call, so differently typed transports can
+/// share one open-loop schedule.
+pub(crate) type Caller = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<usize, ()>> + Send>> + Send + Sync,
+>;
+
+/// A [`Caller`] through `client`.
+pub(crate) fn caller<S: Transport>(client: EchoClient<S>) -> Caller {
+    Arc::new(move || {
+        let mut client = client.clone();
+        Box::pin(async move { call(&mut client).await })
+    })
+}
+
 /// Sends `rate` requests per second on a fixed schedule for `duration`,
 /// each as its own task, and measures each from its scheduled time.
 pub(crate) async fn open_loop<S: Transport>(
@@ -196,11 +217,26 @@ pub(crate) async fn open_loop<S: Transport>(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
+    let mut results = open_loop_interleaved(vec![caller(client)], rate, duration).await?;
+    results.pop().context("no result")
+}
+
+/// [`open_loop`] over several callers at once: request `k` of the schedule
+/// goes through `callers[k % n]`, so each sees `rate / n` and all see the
+/// same moments of the machine (a stall, a busy neighbour). One result per
+/// caller, in order.
+pub(crate) async fn open_loop_interleaved(
+    callers: Vec<Caller>,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Vec<LoadResult>> {
+    anyhow::ensure!(!callers.is_empty(), "no caller to send through");
     let count = (rate * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let runtime = tokio::runtime::Handle::current();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let started = Instant::now();
+    let n = callers.len();
     std::thread::Builder::new()
         .name("open-loop-pacer".to_owned())
         .spawn(move || {
@@ -212,29 +248,38 @@ pub(crate) async fn open_loop<S: Transport>(
                 if due > now + Duration::from_micros(30) {
                     std::thread::sleep(due - now);
                 }
-                let mut client = client.clone();
+                let send = (callers[(k % n as u64) as usize])();
                 tasks.push(runtime.spawn(async move {
-                    let answer = call(&mut client).await;
+                    let answer = send.await;
                     (answer, Instant::now().saturating_duration_since(due))
                 }));
             }
             let _ = done_tx.send(tasks);
         })?;
-    let mut result = LoadResult::default();
     let tasks = done_rx.await?;
-    let mut part = Part {
-        latencies_us: Vec::with_capacity(tasks.len()),
-        ..Part::default()
-    };
-    for t in tasks {
+    let mut parts: Vec<Part> = (0..n)
+        .map(|_| Part {
+            latencies_us: Vec::with_capacity(tasks.len() / n + 1),
+            ..Part::default()
+        })
+        .collect();
+    for (k, t) in tasks.into_iter().enumerate() {
+        let part = &mut parts[k % n];
         match t.await {
             Ok((answer, took)) => part.record(answer, took),
             Err(_) => part.errors += 1,
         }
     }
-    result.merge(part);
-    result.finish(started.elapsed());
-    Ok(result)
+    let elapsed = started.elapsed();
+    Ok(parts
+        .into_iter()
+        .map(|part| {
+            let mut result = LoadResult::default();
+            result.merge(part);
+            result.finish(elapsed);
+            result
+        })
+        .collect())
 }
 
 #[cfg(test)]
