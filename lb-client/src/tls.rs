@@ -64,7 +64,9 @@ pub enum TlsError {
 /// ```
 #[derive(Clone)]
 pub struct BackendTls {
-    roots: Arc<rustls::RootCertStore>,
+    /// The trusted CAs, when this crate built the configuration; `None` for
+    /// one the application built (its verifier is opaque here).
+    roots: Option<Arc<rustls::RootCertStore>>,
     config: Arc<rustls::ClientConfig>,
 }
 
@@ -72,7 +74,7 @@ impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Keys stay out of logs; the trust anchors' count says enough.
         f.debug_struct("BackendTls")
-            .field("trusted_roots", &self.roots.len())
+            .field("trusted_roots", &self.roots.as_ref().map(|r| r.len()))
             .field(
                 "client_auth",
                 &self.config.client_auth_cert_resolver.has_certs(),
@@ -97,30 +99,38 @@ impl BackendTls {
         let config = builder()?
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
-        Ok(Self::finish(roots, config))
+        Ok(Self::finish(Some(roots), config))
     }
 
     /// The same trust, showing the certificate chain in `cert_pem` with the
     /// private key in `key_pem` (mTLS).
+    /// Refused for a [`BackendTls::from_rustls`] configuration, whose
+    /// verifier this crate cannot copy: set the identity in it instead.
     pub fn with_identity(self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let Some(roots) = self.roots else {
+            return Err(TlsError::Pem {
+                what: "client certificate",
+                problem: "this TLS setting came from a rustls configuration; set the client identity in that configuration".into(),
+            });
+        };
         let chain = pem_certs("client certificate", cert_pem)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
             what: "client key",
             problem: e.to_string(),
         })?;
         let config = builder()?
-            .with_root_certificates(self.roots.clone())
+            .with_root_certificates(roots.clone())
             .with_client_auth_cert(chain, key)?;
-        Ok(Self::finish(self.roots, config))
+        Ok(Self::finish(Some(roots), config))
     }
 
     /// A rustls configuration the application built itself (its own
     /// verifier, resumption or key log). lb-client sets ALPN to `h2`.
     pub fn from_rustls(config: rustls::ClientConfig) -> Self {
-        Self::finish(Arc::new(rustls::RootCertStore::empty()), config)
+        Self::finish(None, config)
     }
 
-    fn finish(roots: Arc<rustls::RootCertStore>, mut config: rustls::ClientConfig) -> Self {
+    fn finish(roots: Option<Arc<rustls::RootCertStore>>, mut config: rustls::ClientConfig) -> Self {
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Self {
             roots,
@@ -238,7 +248,7 @@ mod tests {
         );
         let (issuer, ca_pem) = ca();
         let tls = BackendTls::new(ca_pem.as_bytes()).unwrap();
-        assert!(format!("{tls:?}").contains("trusted_roots: 1"));
+        assert!(format!("{tls:?}").contains("trusted_roots: Some(1)"));
 
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf = rcgen::CertificateParams::new(vec!["client".to_owned()])
@@ -262,6 +272,15 @@ mod tests {
             .unwrap();
         assert!(format!("{mtls:?}").contains("client_auth: true"));
         assert_eq!(mtls.config.alpn_protocols, vec![b"h2".to_vec()]);
+
+        // The application's own configuration gets ALPN h2 too, and no
+        // identity grafted onto a verifier this crate cannot see.
+        let own = BackendTls::from_rustls(mtls.config.as_ref().clone());
+        assert_eq!(own.config.alpn_protocols, vec![b"h2".to_vec()]);
+        let err = own
+            .with_identity(leaf.pem().as_bytes(), leaf_key.serialize_pem().as_bytes())
+            .unwrap_err();
+        assert!(err.to_string().contains("rustls configuration"), "{err}");
     }
 
     #[test]
