@@ -40,8 +40,9 @@
 //! against the Service's name (see [`ServiceOptions::tls_server_name`]).
 //!
 //! What it is not: a general xDS client (EDS and CDS for the keys it is
-//! asked for; no LDS, RDS or delta, so a hash header comes from
-//! [`ServiceOptions::hash`], not from routes).
+//! asked for; no LDS, RDS or delta: the hash header comes from
+//! [`ServiceOptions::hash`] or else from the Cluster's `eds.rs` metadata,
+//! where eds-server repeats the route's header, not from routes).
 
 mod ads;
 mod channel;
