@@ -193,10 +193,11 @@ impl SnapshotSource {
         let (recipe, encode): (String, Box<dyn FnOnce() -> Any + '_>) = match ty {
             ResourceType::Listener => (String::new(), Box::new(|| pack(&listener(name)))),
             ResourceType::RouteConfiguration | ResourceType::Cluster => {
-                let (policy, options) = self.policy(meta, &canonical);
+                let policy = self.policy(meta, &canonical);
                 // Each version covers only what its resource is built from,
                 // so a slow-start change does not re-push the routes.
                 if ty == ResourceType::Cluster {
+                    let options = self.cluster_options(meta, &canonical);
                     let recipe = format!("{policy:?}|{options:?}");
                     let encode = move || pack(&cluster_with(name, &policy, &options));
                     (recipe, Box::new(encode) as Box<dyn FnOnce() -> Any + '_>)
@@ -219,7 +220,7 @@ impl SnapshotSource {
                 // Ring hash multiplies locality weight into endpoint weight: per-zone
                 // weights would map one key to different endpoints from different zones.
                 let hashing = matches!(
-                    self.policy(meta, &canonical).0,
+                    self.policy(meta, &canonical),
                     LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
                 );
                 if let (Some(zone), false) = (zone, hashing) {
@@ -269,39 +270,49 @@ impl SnapshotSource {
             .map(Arc::clone)
     }
 
-    /// The service port's policy and the Cluster settings from its
-    /// annotations.
-    fn policy(&self, meta: &ServiceMeta, key: &ServiceKey) -> (LbPolicy, ClusterOptions) {
-        let options = ClusterOptions {
-            slow_start_window: self.slow_start_window(meta, key),
-            lb_core_policy: None,
-        };
+    /// The service port's `eds.rs/lb-policy` (or `lb-policy.<port-name>`)
+    /// annotation, if any.
+    fn policy_annotation<'m>(meta: &'m ServiceMeta, key: &ServiceKey) -> Option<&'m String> {
         let port_name = meta
             .ports
             .iter()
             .find(|p| matches!(key.port(), PortRef::Number(n) if *n == p.port))
             .and_then(|p| p.name.clone());
-        let value = port_name
+        port_name
             .and_then(|n| meta.annotations.get(&format!("lb-policy.{n}")))
-            .or_else(|| meta.annotations.get("lb-policy"));
-        let Some(value) = value else {
-            return (LbPolicy::default(), options);
+            .or_else(|| meta.annotations.get("lb-policy"))
+    }
+
+    /// The Cluster-only settings from the Service's annotations: the
+    /// slow-start window and the lb-core policy name. Kept apart from
+    /// [`Self::policy`] so the EDS path, which needs only the policy, neither
+    /// parses nor warns about them.
+    fn cluster_options(&self, meta: &ServiceMeta, key: &ServiceKey) -> ClusterOptions {
+        ClusterOptions {
+            slow_start_window: self.slow_start_window(meta, key),
+            lb_core_policy: Self::policy_annotation(meta, key)
+                .and_then(|v| v.trim().parse::<lb_core::Policy>().ok()),
+        }
+    }
+
+    /// The service port's xDS policy from its annotations.
+    fn policy(&self, meta: &ServiceMeta, key: &ServiceKey) -> LbPolicy {
+        let Some(value) = Self::policy_annotation(meta, key) else {
+            return LbPolicy::default();
         };
-        let lb_core_policy = value.trim().parse::<lb_core::Policy>().ok();
-        let options = ClusterOptions {
-            lb_core_policy,
-            ..options
-        };
-        let policy = match (value.parse::<LbPolicy>(), lb_core_policy) {
+        let policy = match (
+            value.parse::<LbPolicy>(),
+            value.trim().parse::<lb_core::Policy>(),
+        ) {
             (Ok(p), _) => p,
-            (Err(_), Some(p)) => LbPolicy::nearest(p),
-            (Err(e), None) => {
+            (Err(_), Ok(p)) => LbPolicy::nearest(p),
+            (Err(e), Err(_)) => {
                 // Counted per topology in `invalid_policy_annotations`.
                 warn!(service = %key, %e, "unknown eds.rs/lb-policy; using the default");
-                return (LbPolicy::default(), options);
+                return LbPolicy::default();
             }
         };
-        let policy = match meta.annotations.get("hash-header") {
+        match meta.annotations.get("hash-header") {
             Some(header) if policy.hash_header().is_none() => {
                 match policy.clone().with_hash_header(header) {
                     Ok(p) => p,
@@ -312,8 +323,7 @@ impl SnapshotSource {
                 }
             }
             _ => policy,
-        };
-        (policy, options)
+        }
     }
 
     /// `eds.rs/slow-start-window` (`30s`, `2m`, ...); an unreadable value is

@@ -996,3 +996,163 @@ async fn cold_start_without_a_control_plane_uses_the_snapshot_file_or_dns() -> a
     std::fs::remove_dir_all(&dir).context("cleaning up")?;
     fleet.delete().await
 }
+
+/// The documented example client (`lb-client/examples/echo_client.rs`), run
+/// as a user runs it: its own process, flags only. From zone A it reaches
+/// every zone-A pod and no other, with no failed request, and it reports
+/// where its endpoints and policy came from. A bad service key or policy is
+/// refused with a message naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_client_balances_from_its_zone() -> anyhow::Result<()> {
+    let example = example_path("echo_client")?;
+    let mut fleet = Fleet::new("lbc-example").await?;
+    for (pod, zone) in [
+        ("a-0", "zone-a"),
+        ("a-1", "zone-a"),
+        ("b-0", "zone-b"),
+        ("b-1", "zone-b"),
+    ] {
+        fleet.add(pod, zone, &EchoOptions::default()).await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    eventually("eds-server to serve the four pods", WAIT, || async {
+        let view = server.get_json(&format!("/debug/endpoints/{key}")).await?;
+        let healthy = view["endpoints"]
+            .as_array()
+            .map(|eps| eps.iter().filter(|e| e["health"] == "HEALTHY").count())
+            .unwrap_or(0);
+        Ok(if healthy == 4 {
+            Ok(())
+        } else {
+            Err(format!("{view:#}"))
+        })
+    })
+    .await?;
+
+    let control_plane = format!("http://{}", server.xds);
+    let out = tokio::process::Command::new(&example)
+        .args(["--control-plane", &control_plane, "--service", &key])
+        .args([
+            "--zone",
+            "zone-a",
+            "--requests",
+            "300",
+            "--concurrency",
+            "6",
+        ])
+        .args(["--output", "json"])
+        .env_remove("EDS_XDS_SERVER")
+        .env_remove("EDS_SNAPSHOT_FILE")
+        .output()
+        .await
+        .context("running the example client")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "the example failed ({}): {stderr}",
+        out.status
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("its JSON report: {}", String::from_utf8_lossy(&out.stdout)))?;
+    eprintln!(
+        "example client report: ok {}, failed {}, by pod {}",
+        report["ok"], report["failed"], report["by_pod"]
+    );
+    ensure!(
+        report["ok"] == 300 && report["failed"] == 0,
+        "requests: {report:#}"
+    );
+    let pods: Vec<&str> = report["by_pod"]
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    ensure!(
+        pods == ["a-0", "a-1"],
+        "a zone-a client should reach exactly the zone-a pods: {report:#}"
+    );
+    for pod in ["a-0", "a-1"] {
+        let replies = report["by_pod"][pod]["replies"].as_u64().unwrap_or(0);
+        ensure!(replies >= 50, "{pod} answered {replies} of 300: {report:#}");
+    }
+    let service = &report["client"]["services"][0];
+    ensure!(
+        service["source"] == "control-plane"
+            && service["policy_source"] == "default"
+            && service["policy"] == "p2c",
+        "the client's view of {key}: {service:#}"
+    );
+
+    // The text output a person reads names the pods and the policy.
+    let text = tokio::process::Command::new(&example)
+        .args([
+            "--control-plane",
+            &control_plane,
+            "--service",
+            &key,
+            "--requests",
+            "20",
+        ])
+        .args(["--policy", "round-robin"])
+        .env_remove("EDS_ZONE")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    ensure!(
+        text.status.success(),
+        "text run failed: {}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    ensure!(
+        stdout.contains("20 ok, 0 failed")
+            && stdout.contains("policy round-robin (local)")
+            && stdout.contains("b-0"),
+        "text output: {stdout}"
+    );
+
+    // Bad input: refused before anything is sent, naming what is wrong.
+    for (flags, says) in [
+        (
+            ["--service", "echo-without-namespace"],
+            "echo-without-namespace",
+        ),
+        (["--policy", "fastest"], "fastest"),
+    ] {
+        let out = tokio::process::Command::new(&example)
+            .args(["--control-plane", &control_plane])
+            .args(if flags[0] == "--service" {
+                vec![]
+            } else {
+                vec!["--service", key.as_str()]
+            })
+            .args(flags)
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains(says),
+            "{flags:?}: {} {stderr}",
+            out.status
+        );
+    }
+    drop(server);
+    fleet.delete().await
+}
+
+/// An example program of the workspace, built next to the test binaries
+/// (`cargo test --workspace` builds every example; `cargo xtask e2e` builds
+/// them before its scenarios).
+fn example_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join("examples").join(name))
+        .context("the test binary's directory")?;
+    ensure!(
+        path.is_file(),
+        "{} not found; build it with `cargo build -p lb-client --example {name}`",
+        path.display()
+    );
+    Ok(path)
+}

@@ -3,7 +3,8 @@
 //!
 //! `--cluster local` (the default) runs on the local control plane: the
 //! binaries are ensured (built from Go modules once, then cached), then each
-//! scenario runs as `cargo test -p eds-tests --test <name> -- --nocapture`.
+//! scenario runs as `cargo test -p eds-tests --test <name> -- --nocapture`
+//! (lb-client's examples are built first: the `lb_client` scenario runs one).
 //! Each test binary starts its own control plane tied to its process (gone
 //! when it exits, pass or fail), or attaches to `$EDS_CLUSTER_DIR`. The
 //! `deploy` scenario applies deploy/'s RBAC and runs eds-server on nothing
@@ -99,6 +100,20 @@ fn local(only: &[String]) -> anyhow::Result<()> {
     eprintln!("==> local control plane binaries (built once from Go modules, then cached)");
     eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
     eds_tests::netns::preflight().context("checking what the pod network needs")?;
+    if names.iter().any(|n| n == "lb_client") {
+        // A scenario runs lb-client's documented example as a user would;
+        // `cargo test -p eds-tests` alone does not build another package's examples.
+        eprintln!("==> cargo build -p lb-client --examples");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(&cargo)
+            .current_dir(workspace())
+            .args(["build", "-p", "lb-client", "--examples"])
+            .status()
+            .with_context(|| format!("running {cargo} build --examples"))?;
+        if !status.success() {
+            bail!("building lb-client's examples failed ({status})");
+        }
+    }
     match std::env::var_os("EDS_CLUSTER_DIR") {
         Some(dir) => eprintln!(
             "==> scenarios attach to the control plane in {}",
