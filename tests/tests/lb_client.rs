@@ -1075,11 +1075,14 @@ async fn the_example_client_balances_from_its_zone() -> anyhow::Result<()> {
         let replies = report["by_pod"][pod]["replies"].as_u64().unwrap_or(0);
         ensure!(replies >= 50, "{pod} answered {replies} of 300: {report:#}");
     }
+    // No annotation on the Service: eds-server's Cluster carries least
+    // request, which lb-client runs as P2C.
     let service = &report["client"]["services"][0];
     ensure!(
         service["source"] == "control-plane"
-            && service["policy_source"] == "default"
-            && service["policy"] == "p2c",
+            && service["policy_source"] == "cds"
+            && service["policy"] == "p2c"
+            && service["usable"] == 4,
         "the client's view of {key}: {service:#}"
     );
 
