@@ -1116,19 +1116,17 @@ async fn the_example_client_balances_from_its_zone() -> anyhow::Result<()> {
     // Bad input: refused before anything is sent, naming what is wrong.
     for (flags, says) in [
         (
-            ["--service", "echo-without-namespace"],
+            vec!["--service", "echo-without-namespace"],
             "echo-without-namespace",
         ),
-        (["--policy", "fastest"], "fastest"),
+        (
+            vec!["--service", key.as_str(), "--policy", "fastest"],
+            "fastest",
+        ),
     ] {
         let out = tokio::process::Command::new(&example)
             .args(["--control-plane", &control_plane])
-            .args(if flags[0] == "--service" {
-                vec![]
-            } else {
-                vec!["--service", key.as_str()]
-            })
-            .args(flags)
+            .args(&flags)
             .output()
             .await?;
         let stderr = String::from_utf8_lossy(&out.stderr);
