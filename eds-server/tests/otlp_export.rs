@@ -7,9 +7,10 @@
 //! stream is opened and closed, which is one `xds_stream` span. Bounded:
 //! every wait has a timeout, and the process is killed when the test ends.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -21,8 +22,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use proto::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use tokio::sync::mpsc;
+
+use common::{Killed, ads_client, closed_kubeconfig, free_addr};
 
 struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
 
@@ -37,20 +39,6 @@ impl TraceService for Collector {
     }
 }
 
-/// Kills the server when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exports_stream_spans_over_otlp() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -62,17 +50,8 @@ async fn the_binary_exports_stream_spans_over_otlp() -> anyhow::Result<()> {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
 
-    // A kubeconfig whose API server is a closed loopback port.
     let dir = std::env::temp_dir().join(format!("eds-otlp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let closed = free_addr()?;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{closed}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
-        ),
-    )?;
+    let kubeconfig = closed_kubeconfig(&dir)?;
     let (xds, admin) = (free_addr()?, free_addr()?);
     let server = Command::new(env!("CARGO_BIN_EXE_eds-server"))
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -90,17 +69,7 @@ async fn the_binary_exports_stream_spans_over_otlp() -> anyhow::Result<()> {
     let _server = Killed(server);
 
     // Open one ADS stream, ask for something, and close it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        match AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e).context("eds-server's xDS port never opened"),
-        }
-    };
+    let mut client = ads_client(xds).await?;
     let request = DiscoveryRequest {
         node: Some(Node {
             id: "otlp-test".into(),
