@@ -122,7 +122,9 @@ pub async fn run_until(
     });
     let services = XdsServices(shared);
     let mut server = Server::builder();
+    let mut tls_on = false;
     if let (Some(cert), Some(key)) = (&config.args.tls_cert, &config.args.tls_key) {
+        tls_on = true;
         let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
         let mut tls = ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &config.args.tls_client_ca {
@@ -149,8 +151,9 @@ pub async fn run_until(
                 Arc::clone(&clients),
             )))
             .serve_with_incoming_shutdown(
-                // Nagle off, writes gathered: see `coalesce`.
-                crate::coalesce::xds_incoming(listener),
+                // Nagle off, writes gathered unless tonic's TLS sits above
+                // them (a gathered handshake hangs): see `coalesce`.
+                crate::coalesce::xds_incoming(listener, !tls_on),
                 async move {
                     let _ = xds_shutdown.wait_for(|s| *s).await;
                 },

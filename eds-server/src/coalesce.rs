@@ -13,11 +13,21 @@ use tonic::transport::server::TcpIncoming;
 
 /// The xDS listener's connections: Nagle off (a small push held behind a
 /// delayed ACK would wait tens of milliseconds; tonic applies `tcp_nodelay`
-/// only to listeners it binds itself) and writes gathered.
+/// only to listeners it binds itself) and, with `gather`, writes gathered.
+///
+/// `gather` must be off when tonic terminates TLS on these sockets: its TLS
+/// layer sits above them, and a handshake that flushes once and then waits
+/// to read would never send its bytes through a deferred flush.
 pub fn xds_incoming(
     listener: TcpListener,
+    gather: bool,
 ) -> impl Stream<Item = io::Result<Coalesced<TcpStream>>> + Send + 'static {
+    let wrap = if gather {
+        Coalesced::new
+    } else {
+        Coalesced::passthrough
+    };
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(Coalesced::new))
+        .map(move |accepted| accepted.map(wrap))
 }

@@ -87,6 +87,8 @@ pub struct Coalesced<T> {
     capacity: usize,
     /// Whether anything was gathered since the last flush.
     wrote_since_flush: bool,
+    /// `false`: every call goes straight to `inner` ([`Coalesced::passthrough`]).
+    gathering: bool,
 }
 
 impl<T> Coalesced<T> {
@@ -103,6 +105,18 @@ impl<T> Coalesced<T> {
             start: 0,
             capacity: capacity.max(1),
             wrote_since_flush: false,
+            gathering: true,
+        }
+    }
+
+    /// Wraps `inner` without gathering: every call goes straight through.
+    /// For a socket under TLS, whose handshake writes, flushes once and then
+    /// waits to read: a deferred flush would strand the handshake and hang
+    /// the connection. (Gathering belongs above TLS, as lb-client puts it.)
+    pub fn passthrough(inner: T) -> Self {
+        Coalesced {
+            gathering: false,
+            ..Self::new(inner)
         }
     }
 
@@ -181,6 +195,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if !self.gathering {
+            return Pin::new(&mut self.inner).poll_write(cx, data);
+        }
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -193,6 +210,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         cx: &mut Context<'_>,
         slices: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if !self.gathering {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, slices);
+        }
         if slices.iter().all(|s| s.is_empty()) {
             return Poll::Ready(Ok(0));
         }
@@ -210,10 +230,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
 
     fn is_write_vectored(&self) -> bool {
         // Gathering a frame's header and payload in one call saves a poll.
-        true
+        self.gathering || self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.gathering {
+            return Pin::new(&mut self.inner).poll_flush(cx);
+        }
         if self.pending() > 0 && self.wrote_since_flush && self.room() > 0 {
             // More frames are likely on their way in this same poll; keep
             // these, and be polled again so they go out if none come.
@@ -344,6 +367,19 @@ mod tests {
         assert_eq!(flush(&mut io, &mut cx), Poll::Ready(()));
         assert_eq!(io.inner.flushes, 2);
         assert_eq!(woken.0.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_passthrough_writes_and_flushes_at_once_as_a_handshake_needs() {
+        let (woken, waker) = context();
+        let mut cx = Context::from_waker(&waker);
+        let mut io = Coalesced::passthrough(Socket::default());
+        assert_eq!(write(&mut io, &mut cx, b"server-hello"), Poll::Ready(12));
+        assert_eq!(io.inner.received, b"server-hello", "written at once");
+        assert_eq!(flush(&mut io, &mut cx), Poll::Ready(()));
+        assert_eq!(io.inner.flushes, 1, "the first flush reaches the socket");
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0, "no deferred re-poll");
+        assert_eq!(io.buf.capacity(), 0, "no buffer");
     }
 
     #[test]

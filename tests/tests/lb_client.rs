@@ -1157,3 +1157,89 @@ fn example_path(name: &str) -> anyhow::Result<PathBuf> {
     );
     Ok(path)
 }
+
+/// eds-server serving xDS over mTLS (`--tls-cert`, `--tls-key`,
+/// `--tls-client-ca`) and lb-client connecting with `control_plane_tls`: the
+/// endpoints arrive and requests flow. A client without a certificate from
+/// the server's client CA is refused at the handshake, never answered, and
+/// says why in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_is_reached_over_mtls_and_refuses_a_client_without_a_certificate()
+-> anyhow::Result<()> {
+    use eds_tests::cluster::pki::Authority;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let ca = Authority::new()?;
+    let serving = ca.serving(&["eds-server.eds-system.svc".to_owned()])?;
+    let client_cert = ca.client("lb-client", &[])?;
+    let dir = std::env::temp_dir().join(format!("eds-xds-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = |name: &str, pem: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem)?;
+        Ok(path.display().to_string())
+    };
+    let flags = [
+        format!("--tls-cert={}", file("server.crt", &serving.cert_pem)?),
+        format!("--tls-key={}", file("server.key", &serving.key_pem)?),
+        format!("--tls-client-ca={}", file("ca.crt", ca.ca_pem())?),
+    ];
+
+    let mut fleet = Fleet::new("lbc-mtls").await?;
+    for (pod, zone) in [("a-0", "zone-a"), ("b-0", "zone-b")] {
+        fleet.add(pod, zone, &EchoOptions::default()).await?;
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = fleet.server_with(&flags).await?;
+    let key = fleet.key();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.ca_pem()))
+        .domain_name("eds-server.eds-system.svc");
+
+    let mut with_cert = config(&server, None, options(Policy::RoundRobin));
+    with_cert.control_plane = Some(format!("https://{}", server.xds));
+    with_cert.control_plane_tls = Some(tls.clone().identity(Identity::from_pem(
+        &client_cert.cert_pem,
+        &client_cert.key_pem,
+    )));
+    let client = LbClient::connect(with_cert)?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 2)
+        .await
+        .with_context(|| format!("over mTLS: {:?}", client.debug().control_plane))?;
+    let t = load(channel, 2, 40, None, echo(0)).await;
+    ensure!(t.errors.is_empty(), "errors over mTLS: {:?}", t.errors);
+    ensure!(
+        t.total() == 40 && t.by_pod.len() == 2,
+        "replies: {:?}",
+        t.by_pod
+    );
+
+    let mut without_cert = config(&server, None, options(Policy::RoundRobin));
+    without_cert.control_plane = Some(format!("https://{}", server.xds));
+    without_cert.control_plane_tls = Some(tls);
+    without_cert.dns_fallback.enabled = false;
+    let refused = LbClient::connect(without_cert)?;
+    let _channel = refused.channel(&key)?;
+    let status = eventually(
+        "the client without a certificate to fail its connection attempts",
+        WAIT,
+        || async {
+            let s = refused.debug().control_plane;
+            Ok(if s.failed_attempts >= 2 && s.last_error.is_some() {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            })
+        },
+    )
+    .await?;
+    eprintln!("refused client: {status:?}");
+    ensure!(
+        !status.ever_answered && status.acks == 0,
+        "a client without a certificate was answered: {status:?}"
+    );
+    drop((client, refused, server));
+    let _ = std::fs::remove_dir_all(&dir);
+    fleet.delete().await
+}

@@ -344,7 +344,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .add_service(XdsGrpc::<Ads>::new(services.clone()))
             .add_service(XdsGrpc::<Eds>::new(services))
             // eds-server's own listener: Nagle off, writes gathered.
-            .serve_with_incoming(eds_server::coalesce::xds_incoming(xds_listener)),
+            .serve_with_incoming(eds_server::coalesce::xds_incoming(xds_listener, true)),
     );
     let app = axum::Router::new()
         .route("/change", post(change))
