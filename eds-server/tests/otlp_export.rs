@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +23,7 @@ use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
 
-use common::{Killed, ads_client, closed_kubeconfig, free_addr};
+use common::{Killed, ads_client, server_command};
 
 struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
 
@@ -51,19 +50,13 @@ async fn the_binary_exports_stream_spans_over_otlp() -> anyhow::Result<()> {
     );
 
     let dir = std::env::temp_dir().join(format!("eds-otlp-{}", std::process::id()));
-    let kubeconfig = closed_kubeconfig(&dir)?;
-    let (xds, admin) = (free_addr()?, free_addr()?);
-    let server = Command::new(env!("CARGO_BIN_EXE_eds-server"))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg(format!("--xds-addr={xds}"))
-        .arg(format!("--admin-addr={admin}"))
+    let (mut command, xds) = server_command(&dir)?;
+    let server = command
         .arg(format!("--otlp-endpoint=http://{collector}"))
         .env("OTEL_SERVICE_NAME", "eds-server-under-test")
         // Export within 100 ms of a span ending instead of the 5 s default.
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .context("starting eds-server")?;
     let _server = Killed(server);

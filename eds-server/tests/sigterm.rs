@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -18,21 +18,13 @@ use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
 
-use common::{Killed, ads_client, closed_kubeconfig, free_addr};
+use common::{Killed, ads_client, server_command};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_every_stream_with_unavailable_and_exits_cleanly() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("eds-sigterm-{}", std::process::id()));
-    let kubeconfig = closed_kubeconfig(&dir)?;
-    let (xds, admin) = (free_addr()?, free_addr()?);
-    let server = Command::new(env!("CARGO_BIN_EXE_eds-server"))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg(format!("--xds-addr={xds}"))
-        .arg(format!("--admin-addr={admin}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting eds-server")?;
+    let (mut command, xds) = server_command(&dir)?;
+    let server = command.spawn().context("starting eds-server")?;
     let mut server = Killed(server);
 
     // Two streams, as two clients would hold them.

@@ -8,7 +8,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,12 +25,12 @@ impl Drop for Killed {
 }
 
 /// A loopback address nothing listens on (for a moment).
-pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
+fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Writes, in `dir`, a kubeconfig whose API server is a closed loopback port.
-pub(crate) fn closed_kubeconfig(dir: &Path) -> anyhow::Result<PathBuf> {
+fn closed_kubeconfig(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let closed = free_addr()?;
     let kubeconfig = dir.join("kubeconfig");
@@ -58,4 +58,20 @@ pub(crate) async fn ads_client(
             Err(e) => return Err(e).context("eds-server's xDS port never opened"),
         }
     }
+}
+
+/// The eds-server binary with a closed-port kubeconfig in `dir` and free xDS
+/// and admin ports, its output discarded; the test adds its own flags and
+/// spawns it. Returns the command and the xDS address.
+pub(crate) fn server_command(dir: &Path) -> anyhow::Result<(Command, SocketAddr)> {
+    let kubeconfig = closed_kubeconfig(dir)?;
+    let (xds, admin) = (free_addr()?, free_addr()?);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eds-server"));
+    command
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--xds-addr={xds}"))
+        .arg(format!("--admin-addr={admin}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok((command, xds))
 }
