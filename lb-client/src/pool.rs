@@ -152,7 +152,9 @@ pub(crate) struct EndpointHandle {
 
 #[derive(Debug)]
 struct Stats {
-    in_flight: AtomicU32,
+    /// Shared with the connection, whose writes are gathered only while
+    /// more than one request is in flight on it (see `conn.rs`).
+    in_flight: Arc<AtomicU32>,
     ewma: Mutex<PeakEwma>,
     /// The EWMA's value as f64 bits, readable by picks without a lock.
     ewma_bits: AtomicU64,
@@ -166,13 +168,18 @@ impl EndpointHandle {
         // A new endpoint starts at a modest 10 ms guess so it is tried, and
         // the peak rule corrects it on the first slow answer.
         let initial = Duration::from_millis(10);
+        let in_flight = Arc::new(AtomicU32::new(0));
         Self {
-            conn: Arc::new(Connection::new(endpoint.address, dialer)),
+            conn: Arc::new(Connection::new(
+                endpoint.address,
+                dialer,
+                Arc::clone(&in_flight),
+            )),
             authority: authority_of(endpoint.address),
             counters: Arc::new(counters),
             endpoint,
             stats: Arc::new(Stats {
-                in_flight: AtomicU32::new(0),
+                in_flight,
                 ewma: Mutex::new(PeakEwma::new(initial, Duration::from_secs(10))),
                 ewma_bits: AtomicU64::new(initial.as_secs_f64().to_bits()),
                 picks: AtomicU64::new(0),
