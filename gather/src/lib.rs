@@ -28,8 +28,13 @@
 //! flush, or with a full buffer, writes everything out. h2's connection task
 //! flushes at the end of every poll, so the deferred bytes leave on its next
 //! poll, with whatever other streams queued meanwhile. An idle runtime runs
-//! that poll at once, so a lone request waits for nothing. Shutdown writes
-//! everything out first.
+//! that poll at once. Shutdown writes everything out first.
+//!
+//! A busy runtime does not run it at once: the deferred bytes wait for the
+//! tasks queued before them. That pays when more writes are coming and
+//! costs latency when none are, so an owner that knows can gate the
+//! deferral ([`Coalesced::defer_only_while`]): lb-client defers only while
+//! more than one request is in flight on the connection.
 //!
 //! What it is not: a general buffered writer. `poll_flush` may return before
 //! the bytes reach the socket, which is only right for a caller that, like
