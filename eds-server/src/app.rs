@@ -122,9 +122,12 @@ pub async fn run_until(
     });
     let services = XdsServices(shared);
     let mut server = Server::builder();
-    let mut tls_on = false;
-    if let (Some(cert), Some(key)) = (&config.args.tls_cert, &config.args.tls_key) {
-        tls_on = true;
+    let tls_files = config
+        .args
+        .tls_cert
+        .as_ref()
+        .zip(config.args.tls_key.as_ref());
+    if let Some((cert, key)) = tls_files {
         let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
         let mut tls = ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &config.args.tls_client_ca {
@@ -153,7 +156,7 @@ pub async fn run_until(
             .serve_with_incoming_shutdown(
                 // Nagle off, writes gathered unless tonic's TLS sits above
                 // them (a gathered handshake hangs): see `coalesce`.
-                crate::coalesce::xds_incoming(listener, !tls_on),
+                crate::coalesce::xds_incoming(listener, tls_files.is_none()),
                 async move {
                     let _ = xds_shutdown.wait_for(|s| *s).await;
                 },

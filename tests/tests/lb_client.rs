@@ -1166,7 +1166,7 @@ fn example_path(name: &str) -> anyhow::Result<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_is_reached_over_mtls_and_refuses_a_client_without_a_certificate()
 -> anyhow::Result<()> {
-    use eds_tests::cluster::pki::Authority;
+    use eds_tests::cluster::pki::{self, Authority};
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
     let ca = Authority::new()?;
@@ -1175,9 +1175,7 @@ async fn the_control_plane_is_reached_over_mtls_and_refuses_a_client_without_a_c
     let dir = std::env::temp_dir().join(format!("eds-xds-mtls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = |name: &str, pem: &str| -> anyhow::Result<String> {
-        let path = dir.join(name);
-        std::fs::write(&path, pem)?;
-        Ok(path.display().to_string())
+        Ok(pki::write_file(&dir, name, pem)?.display().to_string())
     };
     let flags = [
         format!("--tls-cert={}", file("server.crt", &serving.cert_pem)?),

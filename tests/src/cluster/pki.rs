@@ -122,6 +122,13 @@ impl Authority {
     }
 }
 
+/// Writes `text` (a PEM certificate or key) to `dir/name`; returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Writes a complete PKI for an API server reachable at `ips` into `dir`.
 pub fn generate(dir: &Path, ips: &[IpAddr]) -> anyhow::Result<Pki> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -137,11 +144,7 @@ pub fn generate(dir: &Path, ips: &[IpAddr]) -> anyhow::Result<Pki> {
     let admin = ca.client("eds-admin", &["system:masters"])?;
     let sa = KeyPair::generate()?;
 
-    let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
-        let path = dir.join(name);
-        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
-    };
+    let write = |name: &str, text: &str| write_file(dir, name, text);
     Ok(Pki {
         ca_cert: write("ca.crt", ca.ca_pem())?,
         ca_pem: ca.ca_pem().to_owned(),
