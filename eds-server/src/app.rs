@@ -118,10 +118,16 @@ pub async fn run_until(
         clients: Arc::clone(&clients),
         shutdown: shutdown_rx.clone(),
         outbox: config.args.subscriber_queue,
+        max_request_bytes: config.args.max_request_bytes,
         metrics: Arc::clone(&metrics),
     });
     let services = XdsServices(shared);
-    let mut server = Server::builder();
+    // Limits and liveness on every xDS connection: a bounded number of
+    // streams, and PINGs so a vanished client's state is released.
+    let mut server = Server::builder()
+        .max_concurrent_streams(config.args.max_streams_per_connection)
+        .http2_keepalive_interval(Some(config.args.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.args.keepalive_timeout));
     let tls_files = config
         .args
         .tls_cert

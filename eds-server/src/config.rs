@@ -59,7 +59,8 @@ pub struct Args {
     /// leaving them out. Without it, only clients that advertise the
     /// `eds.rs/unhealthy-endpoints` client feature (lb-client does) get them;
     /// stock gRPC clients ignore UNHEALTHY endpoints anyway. Zone spillover
-    /// counts them either way.
+    /// counts them either way. Envoy's panic mode would route to them: keep
+    /// this off for Envoy, or set its healthy_panic_threshold to 0.
     #[arg(long, env = "EDS_INCLUDE_UNHEALTHY")]
     pub include_unhealthy: bool,
 
@@ -86,6 +87,29 @@ pub struct Args {
     /// client never delays others: its task skips to the latest topology meanwhile.
     #[arg(long, env = "EDS_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
+
+    /// Largest xDS request message accepted, in bytes. A bigger one ends its
+    /// stream with RESOURCE_EXHAUSTED naming both sizes; a real client's
+    /// requests are a few KiB even with thousands of resource names.
+    #[arg(long, env = "EDS_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// HTTP/2 streams one xDS connection may hold open at once; streams
+    /// beyond it are refused (REFUSED_STREAM), so one connection cannot hold
+    /// unbounded server state. A stock client opens one (ADS) to five (one
+    /// per type) per connection.
+    #[arg(long, env = "EDS_MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_streams_per_connection: u32,
+
+    /// Interval of the server's HTTP/2 PINGs on xDS connections: a client
+    /// that vanished without closing (lost node, dropped route) is noticed
+    /// and its streams' state released, instead of being kept forever.
+    #[arg(long, env = "EDS_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "EDS_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
 
     /// PEM certificate for the xDS and admin servers (TLS on when set).
     #[arg(long, env = "EDS_TLS_CERT", requires = "tls_key")]
@@ -142,6 +166,23 @@ impl Args {
         }
         if self.subscriber_queue == 0 {
             errors.push("--subscriber-queue must be at least 1".into());
+        }
+        if self.max_request_bytes < 1024 {
+            errors.push(format!(
+                "--max-request-bytes {} is too small for any real xDS request (at least 1024)",
+                self.max_request_bytes
+            ));
+        }
+        if self.max_streams_per_connection == 0 {
+            errors.push("--max-streams-per-connection must be at least 1".into());
+        }
+        for (flag, d) in [
+            ("--keepalive-interval", self.keepalive_interval),
+            ("--keepalive-timeout", self.keepalive_timeout),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{flag} must be above zero"));
+            }
         }
         for (flag, path) in [
             ("--tls-cert", &self.tls_cert),

@@ -163,10 +163,12 @@ impl<A: XdsApi> XdsGrpc<A> {
     fn route(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
         if method == A::SOTW {
-            let (peer, requests) = decode::<DiscoveryRequest>(req)?;
+            let limit = self.services.0.max_request_bytes;
+            let (peer, requests) = decode::<DiscoveryRequest>(req, limit)?;
             Ok(respond(self.services.sotw(A::KIND, peer, requests)))
         } else if method == A::DELTA {
-            let (peer, requests) = decode::<DeltaDiscoveryRequest>(req)?;
+            let limit = self.services.0.max_request_bytes;
+            let (peer, requests) = decode::<DeltaDiscoveryRequest>(req, limit)?;
             Ok(respond(self.services.delta(A::KIND, peer, requests)))
         } else if Some(method) == A::FETCH {
             Err(Status::unimplemented(
@@ -181,8 +183,12 @@ impl<A: XdsApi> XdsGrpc<A> {
     }
 }
 
-/// The peer and the decoded request stream of a streaming call.
-fn decode<M>(req: http::Request<Body>) -> Result<(tonic::Request<()>, Streaming<M>), Status>
+/// The peer and the decoded request stream of a streaming call, whose
+/// messages may be at most `limit` bytes.
+fn decode<M>(
+    req: http::Request<Body>,
+    limit: usize,
+) -> Result<(tonic::Request<()>, Streaming<M>), Status>
 where
     M: prost::Message + Default + Send + 'static,
 {
@@ -199,8 +205,38 @@ where
     // Keeps the extensions (peer address, TLS certificates) and metadata.
     let head = tonic::Request::from_http(http::Request::from_parts(parts, ()));
     let decoder = ProstCodec::<(), M>::default().decoder();
-    // No size given: tonic's default limit for received messages (4 MiB).
-    Ok((head, Streaming::new_request(decoder, body, None, None)))
+    Ok((
+        head,
+        Streaming::new_request(decoder, body, None, Some(limit)),
+    ))
+}
+
+/// The status a stream ends with when reading the client's next request
+/// failed with `error`; `None` when nobody is left to tell.
+///
+/// tonic's decoder reports a transport failure (the client reset the stream,
+/// the connection broke) as a status carrying its cause, and a bad message
+/// as a bare status: INTERNAL for bytes that are not the message type (or
+/// not gRPC framing), OUT_OF_RANGE for a length over the limit. Both are the
+/// client's fault, so they come back as INVALID_ARGUMENT and
+/// RESOURCE_EXHAUSTED, naming the problem; ending such a stream with OK, as
+/// a clean close would, tells a client (or its operator) nothing.
+pub(crate) fn request_error(error: &Status, limit: usize) -> Option<Status> {
+    if std::error::Error::source(error).is_some() {
+        return None;
+    }
+    Some(match error.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Status::resource_exhausted(format!(
+                "request message too large: eds-server accepts at most {limit} bytes (--max-request-bytes): {}",
+                error.message()
+            ))
+        }
+        _ => Status::invalid_argument(format!(
+            "the request could not be decoded as an xDS discovery request: {}",
+            error.message()
+        )),
+    })
 }
 
 /// A streaming response: headers now, messages as the stream task sends
@@ -322,6 +358,33 @@ mod tests {
         response("1").encode_frames(&mut expected);
         let expected: Vec<u8> = expected.iter().flat_map(|b| b.to_vec()).collect();
         assert_eq!(collected.to_bytes().to_vec(), expected);
+    }
+
+    #[test]
+    fn unreadable_requests_end_with_a_status_that_names_the_problem() {
+        let garbage = request_error(&Status::internal("failed to decode Protobuf message"), 1024)
+            .expect("a bad message is answered");
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+        assert!(
+            garbage.message().contains("failed to decode"),
+            "{garbage:?}"
+        );
+        let large = request_error(
+            &Status::out_of_range("decoded message length too large: found 5000 bytes"),
+            1024,
+        )
+        .expect("an oversized message is answered");
+        assert_eq!(large.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            large.message().contains("1024 bytes") && large.message().contains("5000"),
+            "{large:?}"
+        );
+        // A transport failure carries its cause: the client is gone.
+        let reset = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        assert!(request_error(&reset, 1024).is_none());
     }
 
     #[tokio::test]

@@ -127,12 +127,19 @@ pub struct Metrics {
     pub watch_errors: Counter<u64, AtomicU64>,
 }
 
+/// The `type` label of a type URL. Type URLs come from clients, so only
+/// the four served types keep their own name; anything else is `unknown`
+/// (or `none` when empty): a hostile client must not mint label values.
 fn short_type(type_url: &str) -> String {
-    let name = type_url.rsplit('.').next().unwrap_or(type_url);
-    if name.is_empty() {
-        "none".to_owned()
-    } else {
-        name.to_owned()
+    match proto::resources::ResourceType::from_type_url(type_url) {
+        Some(ty) => ty
+            .type_url()
+            .rsplit('.')
+            .next()
+            .unwrap_or("unknown")
+            .to_owned(),
+        None if type_url.is_empty() => "none".to_owned(),
+        None => "unknown".to_owned(),
     }
 }
 
@@ -355,5 +362,26 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn client_chosen_type_urls_never_mint_label_values() {
+        let m = Metrics::new();
+        for i in 0..1000 {
+            m.request("sotw", &format!("type.googleapis.com/hostile.T{i}"));
+        }
+        m.request("sotw", "");
+        m.request(
+            "sotw",
+            "type.googleapis.com/envoy.config.listener.v3.Listener",
+        );
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("eds_xds_requests_total{"))
+            .count();
+        assert_eq!(series, 3, "{text}");
+        assert!(text.contains("type_name=\"unknown\"} 1000"), "{text}");
+        assert!(text.contains("type_name=\"Listener\""), "{text}");
     }
 }

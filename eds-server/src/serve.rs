@@ -197,6 +197,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Responses buffered per stream before the task waits for the client.
     pub outbox: usize,
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: usize,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -507,10 +509,18 @@ async fn run_stream<M: Machine>(
                     }
                 }
                 Ok(None) => break None,
-                Err(status) => {
-                    debug!(?peer, %status, "xDS stream ended by the client");
-                    break None;
-                }
+                Err(status) => match crate::grpc::request_error(&status, shared.max_request_bytes) {
+                    // The client reset the stream or the connection broke:
+                    // nobody is left to tell.
+                    None => {
+                        debug!(?peer, %status, "xDS stream ended by the client");
+                        break None;
+                    }
+                    Some(reply) => {
+                        info!(?peer, status = %reply.message(), "xDS stream ended: the request could not be read");
+                        break Some(reply);
+                    }
+                },
             },
             changed = topology.changed() => {
                 if changed.is_err() { break Some(Status::unavailable("eds-server is shutting down")); }
@@ -608,6 +618,7 @@ mod tests {
             clients: Arc::clone(&clients),
             shutdown: shutdown_rx,
             outbox: 4,
+            max_request_bytes: 4 * 1024 * 1024,
             metrics: Arc::clone(&metrics),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -651,6 +662,126 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// Whatever bytes it is given, sent as one gRPC message, and any reply
+    /// read back as bytes: what a broken or hostile client puts on the wire.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct RawCodec;
+
+    impl tonic::codec::Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawCodec;
+        type Decoder = RawCodec;
+        fn encoder(&mut self) -> RawCodec {
+            RawCodec
+        }
+        fn decoder(&mut self) -> RawCodec {
+            RawCodec
+        }
+    }
+
+    impl tonic::codec::Encoder for RawCodec {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(
+            &mut self,
+            item: Vec<u8>,
+            dst: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> Result<(), Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+
+    impl tonic::codec::Decoder for RawCodec {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(
+            &mut self,
+            src: &mut tonic::codec::DecodeBuf<'_>,
+        ) -> Result<Option<Vec<u8>>, Status> {
+            let n = bytes::Buf::remaining(src);
+            Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+        }
+    }
+
+    /// Opens an ADS stream, sends `message` as its only request (keeping
+    /// the request side open) and returns the status the stream ends with.
+    async fn raw_ads_stream(addr: SocketAddr, message: Vec<u8>) -> Status {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(message).await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        );
+        let ended = match grpc
+            .streaming(Request::new(ReceiverStream::new(rx)), path, RawCodec)
+            .await
+        {
+            Err(status) => status,
+            Ok(response) => {
+                let mut replies = response.into_inner();
+                loop {
+                    match replies.message().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break Status::ok("the stream ended with OK"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+        };
+        drop(tx);
+        ended
+    }
+
+    /// Hardening drill (issue 24, item 5), tried as a hostile client would:
+    /// bytes that are no DiscoveryRequest, and a message over the size
+    /// limit. Each stream must end with a status that says what was wrong,
+    /// not with OK (as a clean close would; it did before).
+    #[tokio::test]
+    async fn unreadable_requests_end_their_stream_with_the_reason() {
+        let running = start().await;
+        running
+            .topology
+            .send_replace(Some(Published::now(topology(1))));
+        // A varint that never ends: not a protobuf message at all.
+        let garbage = raw_ads_stream(running.addr, vec![0xff; 64]).await;
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
+        assert!(
+            garbage.message().contains("could not be decoded"),
+            "{garbage:?}"
+        );
+        let oversized = raw_ads_stream(running.addr, vec![0; 4 * 1024 * 1024 + 1]).await;
+        assert_eq!(
+            oversized.code(),
+            tonic::Code::ResourceExhausted,
+            "{oversized:?}"
+        );
+        assert!(
+            oversized.message().contains("--max-request-bytes"),
+            "{oversized:?}"
+        );
+        // The server is fine afterwards: a well-formed stream still works.
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{}", running.addr))
+                .await
+                .unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(eds_request("", "")).await.unwrap();
+        let mut responses = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(responses.message().await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -164,7 +164,13 @@ impl LbClient {
                         source,
                     })?
                     .connect_timeout(config.connect_timeout)
-                    .tcp_nodelay(true);
+                    .tcp_nodelay(true)
+                    // The ADS stream is quiet between changes: without pings
+                    // a silently dead peer is never noticed (see the field docs).
+                    .http2_keep_alive_interval(config.control_plane_keepalive)
+                    .keep_alive_timeout(config.control_plane_keepalive_timeout)
+                    .keep_alive_while_idle(true)
+                    .tcp_keepalive(Some(config.control_plane_keepalive));
                 if let Some(tls) = config.control_plane_tls.clone() {
                     e = e
                         .tls_config(tls)

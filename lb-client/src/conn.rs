@@ -135,6 +135,13 @@ impl Connection {
         }
     }
 
+    /// Lets the connection go: new requests would open another, and the
+    /// open one closes once the requests still on it have ended (each holds
+    /// its own handle to it).
+    pub(crate) fn close(&self) {
+        self.ready.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     /// The URI scheme of requests on this connection.
     pub(crate) fn scheme(&self) -> http::uri::Scheme {
         self.dialer.scheme()

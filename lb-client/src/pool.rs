@@ -33,8 +33,8 @@ use lb_core::outlier::{EjectionReason, Outcome, OutlierConfig, OutlierDetector};
 use lb_core::rng::hash_bytes;
 use lb_core::slow_start::SlowStart;
 use lb_core::{
-    Balancer, BalancerConfig, Endpoint, EndpointSet, Load, Pick, PickError, PickReason, Policy,
-    ServiceKey, SmallRng, Tier,
+    Balancer, BalancerConfig, Endpoint, EndpointSet, Health, Load, Pick, PickError, PickReason,
+    Policy, ServiceKey, SmallRng, Tier,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -445,13 +445,20 @@ impl ServicePool {
             .map(|e| match old.remove(&e.address) {
                 // Metadata may change (health, weight): keep the connection, take the new data.
                 Some(h) if h.endpoint == *e => h,
-                Some(h) => Arc::new(EndpointHandle {
-                    endpoint: e.clone(),
-                    conn: h.conn.clone(),
-                    authority: h.authority.clone(),
-                    stats: h.stats.clone(),
-                    counters: h.counters.clone(),
-                }),
+                Some(h) => {
+                    let handle = Arc::new(EndpointHandle {
+                        endpoint: e.clone(),
+                        conn: h.conn.clone(),
+                        authority: h.authority.clone(),
+                        stats: h.stats.clone(),
+                        counters: h.counters.clone(),
+                    });
+                    // Just became ready: as good as new for eager connects.
+                    if h.endpoint.health == Health::Unhealthy {
+                        fresh.push(handle.clone());
+                    }
+                    handle
+                }
                 None => {
                     let counters = self.metrics.endpoint(&self.name, e.address);
                     let h = Arc::new(EndpointHandle::new(
@@ -467,18 +474,34 @@ impl ServicePool {
         for gone in old.values() {
             self.metrics.forget_endpoint(&self.name, gone.address());
         }
-        let addresses: Vec<SocketAddr> = handles.iter().map(|h| h.address()).collect();
+        // Not-ready endpoints are never picked, so they have no outcomes to
+        // judge and must not widen the ejection cap over the ready ones.
+        let addresses: Vec<SocketAddr> = handles
+            .iter()
+            .filter(|h| h.endpoint.health != Health::Unhealthy)
+            .map(|h| h.address())
+            .collect();
         inner.outlier.set_members(addresses.iter());
         inner.balancer.set_endpoints(&set, SystemTime::now());
         inner.handles = handles;
-        self.has_endpoints.store(!set.is_empty(), Ordering::Release);
+        // A request waits (up to `wait_for_endpoints`) for an endpoint it may
+        // use; not-ready ones only size zones.
+        let pickable = set
+            .endpoints()
+            .iter()
+            .any(|e| e.health != Health::Unhealthy);
+        self.has_endpoints.store(pickable, Ordering::Release);
         inner.set = set;
         inner.source = source;
         inner.version = version;
         self.refresh_locked(&mut inner);
         drop(inner);
         if eager {
-            for h in fresh {
+            // A pod that is not ready yet may not even listen; connect when it is.
+            for h in fresh
+                .into_iter()
+                .filter(|h| h.endpoint.health != Health::Unhealthy)
+            {
                 tokio::spawn(async move {
                     if let Err(e) = h.conn.sender().await {
                         tracing::debug!(address = %h.address(), error = %e, "eager connect failed");
@@ -577,9 +600,21 @@ impl ServicePool {
             tracing::info!(service = %self.name, %address, "endpoint ejected: success rate far below its peers'");
         }
         self.refresh_locked(&mut inner);
-        for h in &inner.handles {
+        for (i, h) in inner.handles.iter().enumerate() {
             self.metrics
                 .set_in_flight(&self.name, h.address(), h.in_flight());
+            // A draining pod that picks no longer choose (others are ready,
+            // or its deadline is near) has no use for a connection once its
+            // last request ended: let it go before the pod does. Picks take
+            // this lock too, so none can start on it meanwhile.
+            if h.endpoint.health == Health::Draining
+                && !inner.balancer.is_usable(i)
+                && h.in_flight() == 0
+                && h.conn.is_open()
+            {
+                h.conn.close();
+                tracing::debug!(service = %self.name, address = %h.address(), "closed the idle connection to a draining endpoint");
+            }
         }
     }
 

@@ -10,15 +10,26 @@
 //! ```
 //!
 //! Tiers, checked in order at refresh:
-//! 1. **Normal**: healthy, non-ejected endpoints. Used unless they are fewer
-//!    than `panic_threshold` of the healthy-or-unhealthy endpoints.
-//!    Draining endpoints are left out of that count, so a rollout's
-//!    terminating pods never trip the panic threshold (istio/istio#54711).
-//! 2. **Panic**: below the threshold, all non-draining endpoints, healthy or
-//!    not, ejected or not, as Envoy does: better to spread over everything
-//!    than to overload the few that look healthy.
-//! 3. **Draining**: when nothing else exists, draining endpoints are better
-//!    than failing the request.
+//! 1. **Normal**: healthy (ready), non-ejected endpoints. Used unless
+//!    outlier ejection left fewer than `panic_threshold` of the healthy ones.
+//! 2. **Panic**: below the threshold, every healthy endpoint, ejected or
+//!    not: better to spread over all ready pods than to overload the few the
+//!    client's own error accounting still trusts.
+//! 3. **Draining**: when no healthy endpoint exists, draining endpoints are
+//!    better than failing the request, until `drain_margin` before their
+//!    `drain_deadline` (when the kubelet kills the pod): a request sent later
+//!    would likely be cut off mid-way.
+//! 4. **NotReady**: endpoints exist but none is healthy or draining with
+//!    time left; nothing is picked and the request fails with
+//!    [`PickError::NoneUsable`].
+//!
+//! Not-ready (unhealthy) endpoints are never picked, in any tier, and do not
+//! count towards the panic threshold: they only size each zone's capacity for
+//! spillover. Envoy's panic mode counts them and then spreads traffic over
+//! them, so during a scale-up whose new pods are mostly not ready, most
+//! requests land on pods that are still warming up (istio/istio#39825).
+//! Draining endpoints are left out of the threshold too, so a rollout's
+//! terminating pods never trip it (istio/istio#54711).
 //!
 //! Within the normal tier, zone affinity chooses a zone (see [`crate::zone`])
 //! and the policy picks inside it; hash policies ignore zones, because
@@ -29,7 +40,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::endpoint::Health;
 use crate::error::{ConfigError, PickError};
@@ -135,12 +146,18 @@ pub struct BalancerConfig {
     pub caller_zones: Option<BTreeMap<String, f64>>,
     /// Slow start for new endpoints, when set.
     pub slow_start: Option<SlowStart>,
-    /// Below this share of usable endpoints, use all of them (0 disables).
+    /// When outlier ejection leaves fewer than this share of the healthy
+    /// endpoints, pick from every healthy endpoint, ejected or not (0
+    /// disables). Not-ready endpoints never count and are never picked.
     pub panic_threshold: f64,
     /// Bound for [`Policy::BoundedLoadHash`].
     pub load_factor: LoadFactor,
     /// Ring size for the hash policies.
     pub ring: RingConfig,
+    /// A draining endpoint takes no new request this close to its
+    /// `drain_deadline`, so requests are not started on a pod about to be
+    /// killed.
+    pub drain_margin: Duration,
 }
 
 impl Default for BalancerConfig {
@@ -153,6 +170,9 @@ impl Default for BalancerConfig {
             panic_threshold: 0.5,
             load_factor: LoadFactor::default(),
             ring: RingConfig::default(),
+            // A typical gRPC request finishes well within this; a pod's
+            // grace period (30 s by default) is much longer.
+            drain_margin: Duration::from_secs(2),
         }
     }
 }
@@ -163,11 +183,14 @@ impl Default for BalancerConfig {
 pub enum Tier {
     /// Healthy, non-ejected endpoints.
     Normal,
-    /// Everything but draining endpoints: too few looked healthy.
+    /// Every healthy endpoint, ejected or not: ejection left too few.
     Panic,
-    /// Only draining endpoints exist.
+    /// No healthy endpoint; draining ones with time left take the traffic.
     Draining,
-    /// Nothing to pick.
+    /// Endpoints exist, but none is healthy, nor draining with time left
+    /// before its deadline: nothing to pick.
+    NotReady,
+    /// No endpoints at all.
     Empty,
 }
 
@@ -205,6 +228,7 @@ struct View {
     health: Health,
     weight: f64,
     ready_since: Option<SystemTime>,
+    drain_deadline: Option<SystemTime>,
 }
 
 /// The composed balancer for one service. See the module docs.
@@ -298,6 +322,7 @@ impl Balancer {
                 health: e.health,
                 weight: f64::from(e.weight.get()),
                 ready_since: e.ready_since,
+                drain_deadline: e.drain_deadline,
             })
             .collect();
         self.local_zone = self
@@ -347,24 +372,38 @@ impl Balancer {
             }));
         let healthy = |i: usize| self.endpoints[i].health == Health::Healthy;
         let draining = |i: usize| self.endpoints[i].health == Health::Draining;
+        let margin = self.config.drain_margin;
+        // Draining with enough time left before the kubelet kills the pod
+        // (no deadline known: until it is gone).
+        let drainable = |i: usize| {
+            draining(i)
+                && self.endpoints[i]
+                    .drain_deadline
+                    .is_none_or(|d| d.duration_since(now).is_ok_and(|left| left > margin))
+        };
         let normal: Vec<bool> = (0..n).map(|i| healthy(i) && !ejected(i)).collect();
         let normal_count = normal.iter().filter(|&&u| u).count();
-        let considered = (0..n).filter(|&i| !draining(i)).count();
+        // Only ready endpoints size the threshold: not-ready ones are not
+        // capacity this client may use, whatever their number.
+        let healthy_count = (0..n).filter(|&i| healthy(i)).count();
         self.tier = if normal_count > 0
-            && normal_count as f64 >= self.config.panic_threshold * considered as f64
+            && normal_count as f64 >= self.config.panic_threshold * healthy_count as f64
         {
             Tier::Normal
-        } else if considered > 0 {
+        } else if healthy_count > 0 {
             Tier::Panic
-        } else if n > 0 {
+        } else if (0..n).any(drainable) {
             Tier::Draining
+        } else if n > 0 {
+            Tier::NotReady
         } else {
             Tier::Empty
         };
         self.usable = match self.tier {
             Tier::Normal => normal,
-            Tier::Panic => (0..n).map(|i| !draining(i)).collect(),
-            Tier::Draining => vec![true; n],
+            Tier::Panic => (0..n).map(healthy).collect(),
+            Tier::Draining => (0..n).map(drainable).collect(),
+            Tier::NotReady => vec![false; n],
             Tier::Empty => Vec::new(),
         };
         self.usable_count = self.usable.iter().filter(|&&u| u).count();
@@ -418,6 +457,11 @@ impl Balancer {
         self.usable_count
     }
 
+    /// Whether picks may choose endpoint `i` in the current tier.
+    pub fn is_usable(&self, i: usize) -> bool {
+        self.usable.get(i).copied().unwrap_or(false)
+    }
+
     /// Effective weight of each endpoint (weight x slow start x penalty).
     pub fn weights(&self) -> &[f64] {
         &self.weights
@@ -455,6 +499,7 @@ impl Balancer {
     {
         let tier_reason = match self.tier {
             Tier::Empty => return Err(PickError::NoEndpoints),
+            Tier::NotReady => return Err(PickError::NoneUsable),
             Tier::Panic => Some(PickReason::Panic),
             Tier::Draining => Some(PickReason::Draining),
             Tier::Normal => None,
@@ -533,7 +578,6 @@ mod tests {
     use crate::endpoint::Endpoint;
     use crate::rng::SmallRng;
     use proptest::prelude::*;
-    use std::time::Duration;
 
     fn set(spec: &[(&str, Health)]) -> EndpointSet {
         EndpointSet::merge(
@@ -601,25 +645,95 @@ mod tests {
     }
 
     #[test]
-    fn panic_threshold_spreads_over_everything() {
+    fn not_ready_endpoints_are_never_picked_and_never_trip_panic() {
+        // A scale-up: 2 ready pods, 6 not ready yet. The ready ones stay the
+        // normal tier, however many are still warming up.
         let mut b = Balancer::new(BalancerConfig::default()).unwrap();
-        b.set_endpoints(
-            &set(&[("a", H), ("a", U), ("a", U), ("a", D)]),
-            SystemTime::UNIX_EPOCH,
+        let spec = [
+            ("a", H),
+            ("a", H),
+            ("a", U),
+            ("a", U),
+            ("a", U),
+            ("a", U),
+            ("a", U),
+            ("a", U),
+        ];
+        b.set_endpoints(&set(&spec), SystemTime::UNIX_EPOCH);
+        assert_eq!(b.tier(), Tier::Normal);
+        let c = counts(&mut b, 8, 1000);
+        assert_eq!(c[2..].iter().sum::<usize>(), 0, "{c:?}");
+        assert!(c[0] > 0 && c[1] > 0, "{c:?}");
+        // Only not-ready endpoints: a clear error, no pick.
+        b.set_endpoints(&set(&[("a", U), ("a", U)]), SystemTime::UNIX_EPOCH);
+        assert_eq!(b.tier(), Tier::NotReady);
+        let mut rng = SmallRng::seed_from_u64(0);
+        assert_eq!(
+            b.pick(&vec![0u32; 2], None, 0, &mut rng),
+            Err(PickError::NoneUsable)
         );
+        // Draining beats not ready.
+        b.set_endpoints(&set(&[("a", U), ("a", D)]), SystemTime::UNIX_EPOCH);
+        assert_eq!(b.tier(), Tier::Draining);
+        assert_eq!(counts(&mut b, 2, 100), vec![0, 100]);
+    }
+
+    #[test]
+    fn draining_endpoints_take_no_request_close_to_their_deadline() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let deadline = t0 + Duration::from_secs(10);
+        let set = EndpointSet::merge(vec![
+            Endpoint::new(SocketAddr::from(([10, 244, 0, 1], 80)))
+                .with_health(D)
+                .with_drain_deadline(deadline),
+            Endpoint::new(SocketAddr::from(([10, 244, 0, 2], 80))).with_health(U),
+        ]);
+        let mut b = Balancer::new(BalancerConfig::default()).unwrap();
+        b.set_endpoints(&set, t0);
+        assert_eq!(b.tier(), Tier::Draining);
+        assert!(b.is_usable(0) && !b.is_usable(1));
+        // 2 s (the default margin) before the deadline and later: no more.
+        for at in [8, 9, 11] {
+            b.refresh(t0 + Duration::from_secs(at), |_| false, |_| 1.0);
+            assert_eq!(b.tier(), Tier::NotReady, "{at} s");
+            assert!(!b.is_usable(0));
+            let mut rng = SmallRng::seed_from_u64(0);
+            assert_eq!(
+                b.pick(&vec![0u32; 2], None, 0, &mut rng),
+                Err(PickError::NoneUsable)
+            );
+        }
+        b.refresh(t0 + Duration::from_secs(7), |_| false, |_| 1.0);
+        assert_eq!(b.tier(), Tier::Draining, "3 s left is enough");
+    }
+
+    #[test]
+    fn panic_threshold_spreads_over_every_ready_endpoint() {
+        let mut b = Balancer::new(BalancerConfig::default()).unwrap();
+        let spec = [("a", H), ("a", H), ("a", H), ("a", U), ("a", D)];
+        b.set_endpoints(&set(&spec), SystemTime::UNIX_EPOCH);
+        // Ejection leaves 1 of 3 ready endpoints: below half, so all three
+        // ready ones take traffic again; the not-ready and draining do not.
+        b.refresh(SystemTime::UNIX_EPOCH, |i| i == 1 || i == 2, |_| 1.0);
         assert_eq!(b.tier(), Tier::Panic);
-        let c = counts(&mut b, 4, 3000);
-        assert!(c[0] > 0 && c[1] > 0 && c[2] > 0 && c[3] == 0, "{c:?}");
+        let c = counts(&mut b, 5, 3000);
+        assert!(
+            c[0] > 0 && c[1] > 0 && c[2] > 0 && c[3] == 0 && c[4] == 0,
+            "{c:?}"
+        );
+        // One of three ejected keeps two thirds: normal tier.
+        b.refresh(SystemTime::UNIX_EPOCH, |i| i == 2, |_| 1.0);
+        assert_eq!(b.tier(), Tier::Normal);
+        assert_eq!(counts(&mut b, 5, 100)[2], 0);
+        // A threshold of 0 never panics while anything is usable.
         let mut b = Balancer::new(BalancerConfig {
             panic_threshold: 0.0,
             ..Default::default()
         })
         .unwrap();
-        b.set_endpoints(
-            &set(&[("a", H), ("a", U), ("a", U)]),
-            SystemTime::UNIX_EPOCH,
-        );
-        assert_eq!(counts(&mut b, 3, 100), vec![100, 0, 0]);
+        b.set_endpoints(&set(&spec), SystemTime::UNIX_EPOCH);
+        b.refresh(SystemTime::UNIX_EPOCH, |i| i == 1 || i == 2, |_| 1.0);
+        assert_eq!(counts(&mut b, 5, 100), vec![100, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -758,20 +872,22 @@ mod tests {
             let total: u64 = load.iter().map(|&x| u64::from(x)).sum();
             for k in 0..20u64 {
                 let key = policy.is_hash().then_some(k);
+                let any_healthy = s.endpoints().iter().any(|e| e.health == H);
+                let any_draining = s.endpoints().iter().any(|e| e.health == D);
                 match b.pick(&load, key, total, &mut rng) {
                     Ok(p) => {
                         let e = &s.endpoints()[p.index];
-                        let any_healthy_usable = s.endpoints().iter().enumerate().any(|(i, e)| e.health == H && !ejected(i));
-                        let any_non_draining = s.endpoints().iter().any(|e| e.health != D);
+                        // Whatever the tier, a not-ready endpoint is never picked.
+                        prop_assert!(e.health != U, "picked a not-ready endpoint in {:?}", b.tier());
                         match b.tier() {
                             Tier::Normal => prop_assert!(e.health == H && !ejected(p.index)),
-                            Tier::Panic => prop_assert!(e.health != D),
-                            Tier::Draining => prop_assert!(!any_healthy_usable && !any_non_draining),
-                            Tier::Empty => prop_assert!(false, "picked from an empty tier"),
+                            Tier::Panic => prop_assert!(e.health == H),
+                            Tier::Draining => prop_assert!(e.health == D && !any_healthy),
+                            Tier::NotReady | Tier::Empty => prop_assert!(false, "picked from {:?}", b.tier()),
                         }
                     }
                     Err(e) => {
-                        prop_assert!(s.is_empty(), "{e} with {} endpoints", s.len());
+                        prop_assert!(!any_healthy && !any_draining, "{e} with {} endpoints", s.len());
                     }
                 }
             }

@@ -21,8 +21,8 @@ pub enum Health {
     /// `serving` and `terminating`: finishing its work; new requests only
     /// when nothing else is left.
     Draining,
-    /// Neither: sent only when the operator asks for it, never picked unless
-    /// the panic threshold is crossed.
+    /// Neither: sent only when the operator asks for it (and to lb-client,
+    /// to size zones); never picked, whatever the panic threshold.
     Unhealthy,
 }
 
@@ -109,6 +109,12 @@ impl Endpoint {
     /// Builder: set when the endpoint became ready.
     pub fn with_ready_since(mut self, at: SystemTime) -> Self {
         self.ready_since = Some(at);
+        self
+    }
+
+    /// With a drain deadline (when a terminating endpoint will be gone).
+    pub fn with_drain_deadline(mut self, at: SystemTime) -> Self {
+        self.drain_deadline = Some(at);
         self
     }
 

@@ -53,8 +53,8 @@ pub enum PickError {
     /// The service has no endpoints at all.
     #[error("the service has no endpoints")]
     NoEndpoints,
-    /// Endpoints exist but none may take traffic (all unhealthy, below the
-    /// panic threshold is not configured to help).
-    #[error("the service has endpoints but none can take traffic")]
+    /// Endpoints exist but none may take traffic: none is ready or draining
+    /// (not-ready endpoints are never picked, whatever the panic threshold).
+    #[error("the service has endpoints but none is ready or draining")]
     NoneUsable,
 }

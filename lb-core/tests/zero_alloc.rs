@@ -166,7 +166,7 @@ enum Scenario {
     ZoneSpill,
     /// All healthy, no caller zone.
     NoZone,
-    /// 70% unhealthy: below the panic threshold.
+    /// 70% ejected by outlier detection: below the panic threshold.
     Panic,
     /// Everything draining.
     Draining,
@@ -187,7 +187,6 @@ impl Scenario {
             Scenario::ZoneLocal | Scenario::NoZone => Health::Healthy,
             Scenario::ZoneSpill if zone_a && (i / 3) % 3 < 2 => Health::Unhealthy,
             Scenario::ZoneSpill => Health::Healthy,
-            Scenario::Panic if i % 10 < 7 => Health::Unhealthy,
             Scenario::Panic => Health::Healthy,
             Scenario::Draining => Health::Draining,
         }
@@ -220,6 +219,9 @@ impl Scenario {
         };
         let mut b = Balancer::new(config).unwrap();
         b.set_endpoints(&set, SystemTime::UNIX_EPOCH);
+        if matches!(self, Scenario::Panic) {
+            b.refresh(SystemTime::UNIX_EPOCH, |i| i % 10 < 7, |_| 1.0);
+        }
         assert_eq!(b.tier(), self.tier(), "{self:?} with {policy} over {n}");
         b
     }

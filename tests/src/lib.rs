@@ -11,12 +11,14 @@
 //!  server    eds-server in-process, its admin API, the echo Service
 //!  demo      `cargo xtask demo`: lb-client next to per-connection balancing
 //!  tools     Helm, built from its Go module (cached), for the deploy tests
+//!  blackhole a loopback TCP proxy whose connections can go silent (drills)
 //! ```
 //!
 //! `cargo xtask cluster` drives the same code for people. This crate is
 //! not a fake: everything here starts or talks to the real thing. It uses
 //! `anyhow` throughout, as test code does.
 
+pub mod blackhole;
 pub mod cluster;
 pub mod demo;
 pub mod gobuild;

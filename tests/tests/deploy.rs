@@ -1278,6 +1278,14 @@ fn envoy_example_asks_eds_server_with_dns_behind() -> anyhow::Result<()> {
         "the EDS cluster must take its endpoints over ADS"
     );
     ensure!(speaks_http2(eds), "gRPC upstreams need HTTP/2");
+    // Envoy's panic mode counts DRAINING (and, with --include-unhealthy,
+    // UNHEALTHY) hosts and then routes to them: during a rollout or a
+    // scale-up that is where requests would go. Off, the aggregate falls
+    // through to the DNS cluster instead.
+    ensure!(
+        eds["common_lb_config"]["healthy_panic_threshold"]["value"].as_f64() == Some(0.0),
+        "the EDS cluster must turn Envoy's panic mode off (healthy_panic_threshold 0)"
+    );
 
     // The aggregate tries EDS first and falls back to the Service's DNS name.
     let aggregates: Vec<&Value> = clusters(&envoy)?

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use eds_tests::blackhole::Blackhole;
 use eds_tests::harness::{
     Backend, EchoOptions, PodSpec, ServicePortSpec, Target, TestCluster, TestNamespace, TestPod,
     eventually,
@@ -763,6 +764,119 @@ async fn a_failing_backend_is_ejected_and_returns_after_recovery() -> anyhow::Re
     fleet.delete().await
 }
 
+/// Hardening drill (issue 24, item 1): a scale-up whose new pods are not
+/// ready yet, listen already and fail every request, as a warming JVM or a
+/// cache still loading does. lb-client asks eds-server for not-ready
+/// endpoints (to size zones), so it sees 6 UNHEALTHY pods next to 2 ready
+/// ones: below a 50% panic threshold if not-ready pods counted. None of
+/// them may get a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_up_of_not_ready_pods_gets_no_request() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-scaleup").await?;
+    for (pod, zone) in [("ready-a", "zone-a"), ("ready-b", "zone-b")] {
+        fleet.add(pod, zone, &EchoOptions::default()).await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let client = LbClient::connect(config(&server, Some("zone-a"), options(Policy::P2c)))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 2).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(channel, 8, usize::MAX, Some(stop.clone()), echo(200)));
+    // The new pods fail every request from the start, and never become ready.
+    let fail_file = std::env::temp_dir().join(format!("lbc-scaleup-{}", std::process::id()));
+    std::fs::write(&fail_file, b"warming up")?;
+    let failing = EchoOptions {
+        fail_file: Some(fail_file.clone()),
+        ..Default::default()
+    };
+    let mut warming = Vec::new();
+    for i in 0..6 {
+        let zone = ["zone-a", "zone-b"][i % 2];
+        let pod = fleet
+            .ns
+            .pod(
+                PodSpec::new(&format!("warming-{i}"), "echo", &format!("node-{zone}"))
+                    .port("grpc", 9090),
+            )
+            .await?;
+        let backend = pod.start_backend(9090, zone, &failing).await?;
+        pod.set_ready(false).await?;
+        warming.push((pod, backend));
+    }
+    eventually(
+        "lb-client sees the 6 not-ready pods next to the 2 ready ones",
+        WAIT,
+        || async {
+            let d = client.debug();
+            let s = d.services.iter().find(|s| s.service == key);
+            Ok(match s {
+                Some(s)
+                    if s.endpoints.len() == 8
+                        && s.endpoints
+                            .iter()
+                            .filter(|e| e.health == "UNHEALTHY")
+                            .count()
+                            == 6 =>
+                {
+                    Ok(())
+                }
+                Some(s) => Err(format!(
+                    "{} endpoints: {:?}",
+                    s.endpoints.len(),
+                    s.endpoints.iter().map(|e| &e.health).collect::<Vec<_>>()
+                )),
+                None => Err("not subscribed".to_owned()),
+            })
+        },
+    )
+    .await?;
+    // Load keeps running over the scaled-up set for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let debug = client.debug();
+    stop.store(true, Ordering::Relaxed);
+    let t = loader.await?;
+    let service = debug
+        .services
+        .iter()
+        .find(|s| s.service == key)
+        .context("the service left the debug view")?;
+    let not_ready_picks: u64 = service
+        .endpoints
+        .iter()
+        .filter(|e| e.health == "UNHEALTHY")
+        .map(|e| e.picks)
+        .sum();
+    eprintln!(
+        "scale-up with 6 not-ready pods: {} requests, {} failed, {not_ready_picks} picks of a not-ready pod, tier {:?}, by pod {:?}",
+        t.total(),
+        t.errors.len(),
+        service.tier,
+        t.by_pod
+    );
+    ensure!(
+        t.errors.is_empty(),
+        "{} requests failed, e.g. {:?}",
+        t.errors.len(),
+        &t.errors[..t.errors.len().min(3)]
+    );
+    ensure!(
+        not_ready_picks == 0,
+        "{not_ready_picks} picks of a not-ready pod (tier {:?})",
+        service.tier
+    );
+    ensure!(
+        t.by_pod.keys().all(|p| p.starts_with("ready-")) && t.by_pod.len() == 2,
+        "replies came from {:?}",
+        t.by_pod
+    );
+    let _ = std::fs::remove_file(&fail_file);
+    drop(server);
+    fleet.pods.extend(warming);
+    fleet.delete().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_fails_no_request() -> anyhow::Result<()> {
     let mut fleet = Fleet::new("lbc-roll").await?;
@@ -826,6 +940,137 @@ async fn a_rolling_update_fails_no_request() -> anyhow::Result<()> {
         "old pods still served at the end: {:?}",
         last.by_pod
     );
+    drop(server);
+    fleet.delete().await
+}
+
+/// Hardening drill (issue 24, item 3): the network between lb-client and
+/// its control plane starts dropping everything without closing anything
+/// (a lost node, a dead route). Nothing but the client's own liveness check
+/// can notice; without one, the ADS stream waits for the next change
+/// forever and the client never hears of one again. With HTTP/2 keepalive
+/// it declares the connection dead, reconnects (here the address now leads
+/// to another replica) and applies a change made after the drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_control_plane_connection_is_replaced() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-blackhole").await?;
+    fleet
+        .add("echo-0", "zone-a", &EchoOptions::default())
+        .await?;
+    let first = fleet.server().await?;
+    let second = fleet.server().await?;
+    let proxy = Blackhole::start(first.xds).await?;
+    let key = fleet.key();
+    // The library's default keepalive, as a service team gets it.
+    let mut cfg = config(&first, None, options(Policy::P2c));
+    cfg.control_plane = Some(format!("http://{}", proxy.addr()));
+    let client = LbClient::connect(cfg)?;
+    let _channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 1).await?;
+
+    proxy.blackhole(second.xds);
+    let dropped = Instant::now();
+    fleet
+        .add("echo-1", "zone-a", &EchoOptions::default())
+        .await?;
+    until_endpoints(&client, &key, 2).await?;
+    let took = dropped.elapsed();
+    let d = client.debug();
+    eprintln!(
+        "silent control-plane connection: change applied {took:.1?} after the drop, {} connections through the proxy, last error {:?}",
+        proxy.accepted(),
+        d.control_plane.last_error
+    );
+    ensure!(
+        proxy.accepted() >= 2,
+        "the change arrived without a reconnect: {} connections",
+        proxy.accepted()
+    );
+    drop((first, second));
+    fleet.delete().await
+}
+
+/// Hardening drill (issue 24, item 4): a pod being deleted is DRAINING
+/// for its grace period. While another pod is ready, lb-client sends the
+/// draining one nothing new, and once its last request has ended it closes
+/// the connection, long before the kubelet would kill the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_pods_connection_is_closed_once_idle() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-drain").await?;
+    for pod in ["stays", "leaves"] {
+        fleet.add(pod, "zone-a", &EchoOptions::default()).await?;
+    }
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let client = LbClient::connect(config(&server, None, options(Policy::P2c)))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 2).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(channel, 4, usize::MAX, Some(stop.clone()), echo(500)));
+    let endpoint = |pod: &str| {
+        client
+            .debug()
+            .services
+            .iter()
+            .find(|s| s.service == key)
+            .and_then(|s| {
+                s.endpoints
+                    .iter()
+                    .find(|e| e.pod.as_deref() == Some(pod))
+                    .cloned()
+            })
+    };
+    eventually("both pods serve over open connections", WAIT, || async {
+        Ok(match (endpoint("stays"), endpoint("leaves")) {
+            (Some(a), Some(b)) if a.connected && b.connected && b.picks > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    })
+    .await?;
+
+    let leaving = fleet
+        .pods
+        .iter()
+        .position(|(p, _)| p.name() == "leaves")
+        .context("the leaving pod")?;
+    let grace = Duration::from_secs(30);
+    let (pod, backend) = fleet.pods.remove(leaving);
+    let deleted = Instant::now();
+    let finished = pod.delete_gracefully(grace).await?;
+    let closed = eventually(
+        "lb-client closes its idle connection to the draining pod",
+        WAIT,
+        || async {
+            Ok(match endpoint("leaves") {
+                Some(e) if e.health == "DRAINING" && !e.connected => Ok(e.picks),
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+    let took = deleted.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = endpoint("leaves").map(|e| (e.picks, e.connected));
+    stop.store(true, Ordering::Relaxed);
+    let t = loader.await?;
+    eprintln!(
+        "draining pod: connection closed {took:.1?} after the deletion (grace {grace:?}); picks {closed} then {later:?}; {} requests, {} failed",
+        t.total(),
+        t.errors.len()
+    );
+    ensure!(took < grace, "the connection outlived the grace period");
+    ensure!(
+        later == Some((closed, false)),
+        "the draining pod was picked or reconnected after its connection closed: {later:?}"
+    );
+    ensure!(
+        t.errors.is_empty(),
+        "failed requests: {:?}",
+        &t.errors[..t.errors.len().min(3)]
+    );
+    backend.stop();
+    pod.delete_now().await?;
+    finished.abort();
     drop(server);
     fleet.delete().await
 }

@@ -320,6 +320,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         clients: Arc::new(ClientRegistry::default()),
         shutdown: shutdown_rx,
         outbox: args.subscriber_queue.max(1),
+        max_request_bytes: 4 * 1024 * 1024,
         metrics,
     });
     let (changes_tx, changes_rx) = mpsc::channel(8);
