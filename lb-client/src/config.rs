@@ -62,7 +62,8 @@ pub struct LbConfig {
     pub eager_connect: bool,
     /// How long a request waits for a service's first endpoints.
     pub wait_for_endpoints: Duration,
-    /// Retries on another endpoint when the request was never sent.
+    /// Retries on another endpoint when the request was never sent or
+    /// the backend refused it unprocessed.
     pub retry: RetryConfig,
     /// Outlier detection (ejection and error-rate penalty).
     pub outlier: OutlierConfig,
@@ -150,6 +151,11 @@ impl LbConfig {
         {
             if name != "default" {
                 name.parse::<ServiceKey>().map_err(BuildError::ServiceKey)?;
+            }
+            if opts.max_in_flight_per_endpoint == Some(0) {
+                return Err(BuildError::ZeroInFlightCap {
+                    service: name.to_owned(),
+                });
             }
             lb_core::Balancer::new(opts.balancer_config(self.zone.clone())).map_err(|source| {
                 BuildError::Balancer {
@@ -259,6 +265,11 @@ pub struct ServiceOptions {
     /// must carry. `None`: the Service's cluster DNS name, which all its
     /// pods share.
     pub tls_server_name: Option<String>,
+    /// At most this many requests in flight on one endpoint (`None`, the
+    /// default: no cap). A request whose pick finds the endpoint full is
+    /// picked again a few times, then fails with RESOURCE_EXHAUSTED rather
+    /// than queue. Must be above zero.
+    pub max_in_flight_per_endpoint: Option<u32>,
 }
 
 impl Default for ServiceOptions {
@@ -271,6 +282,7 @@ impl Default for ServiceOptions {
             load_factor: LoadFactor::default(),
             zone_affinity: true,
             tls_server_name: None,
+            max_in_flight_per_endpoint: None,
         }
     }
 }
@@ -299,7 +311,8 @@ impl ServiceOptions {
     }
 }
 
-/// Retry budget for requests that were never sent (connection failures).
+/// Retry budget for requests that were never processed: never sent
+/// (connection failures) or refused by the backend unprocessed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per request at most, the first included.
@@ -369,6 +382,20 @@ mod tests {
         assert!(
             e.contains("default") && e.contains("panic threshold"),
             "{e}"
+        );
+        let mut c = LbConfig::from_env();
+        c.default_service.max_in_flight_per_endpoint = Some(1);
+        assert!(c.validate().is_ok());
+        c.services.insert(
+            "echo.demo:8080".into(),
+            ServiceOptions {
+                max_in_flight_per_endpoint: Some(0),
+                ..ServiceOptions::default()
+            },
+        );
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "service echo.demo:8080: max_in_flight_per_endpoint must be above zero"
         );
     }
 }

@@ -37,6 +37,12 @@ pub enum BuildError {
     /// A duration that must be positive is zero.
     #[error("{0} must be above zero")]
     ZeroDuration(&'static str),
+    /// A service's cap on requests in flight per endpoint is zero.
+    #[error("service {service}: max_in_flight_per_endpoint must be above zero")]
+    ZeroInFlightCap {
+        /// The service key (or `default`).
+        service: String,
+    },
     /// A retry-budget setting is out of range.
     #[error(
         "retry budget: ratio must be in [0, 1000] and min_per_sec finite, got {ratio} and {min_per_sec}"
@@ -109,6 +115,26 @@ pub enum RequestError {
         #[source]
         source: hyper::Error,
     },
+    /// The request's deadline (its `grpc-timeout`) passed before response
+    /// headers arrived. Not retriable as is: the caller's time is up.
+    #[error("deadline of {timeout:?} exceeded for {service}")]
+    DeadlineExceeded {
+        /// The service key.
+        service: String,
+        /// The request's timeout.
+        timeout: Duration,
+    },
+    /// Every endpoint picked already had the service's cap of requests in
+    /// flight (`ServiceOptions::max_in_flight_per_endpoint`).
+    #[error(
+        "{service}: every endpoint tried has {cap} requests in flight, the cap (max_in_flight_per_endpoint)"
+    )]
+    Overloaded {
+        /// The service key.
+        service: String,
+        /// The cap.
+        cap: u32,
+    },
 }
 
 impl RequestError {
@@ -124,8 +150,49 @@ impl RequestError {
             message.push_str(&c.to_string());
             cause = c.source();
         }
-        // UNAVAILABLE for all: nothing reached application code on the
-        // server, or the connection broke; the request may be retried.
-        tonic::Status::unavailable(message)
+        match self {
+            RequestError::DeadlineExceeded { .. } => tonic::Status::deadline_exceeded(message),
+            // Nothing was sent: the caller may back off and retry.
+            RequestError::Overloaded { .. } => tonic::Status::resource_exhausted(message),
+            // Nothing reached application code on the server, or the
+            // connection broke; the request may be retried.
+            RequestError::NoEndpoints { .. }
+            | RequestError::Connect { .. }
+            | RequestError::Transport { .. } => tonic::Status::unavailable(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_and_cap_have_their_own_codes_and_name_the_service() {
+        let s = RequestError::DeadlineExceeded {
+            service: "echo.demo:8080".into(),
+            timeout: Duration::from_millis(200),
+        }
+        .to_status();
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(s.message(), "deadline of 200ms exceeded for echo.demo:8080");
+        let s = RequestError::Overloaded {
+            service: "echo.demo:8080".into(),
+            cap: 2,
+        }
+        .to_status();
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            s.message().contains("echo.demo:8080") && s.message().contains(" 2 "),
+            "{}",
+            s.message()
+        );
+        let s = RequestError::NoEndpoints {
+            service: "echo.demo:8080".into(),
+            waited: Duration::ZERO,
+            control_plane: "connected",
+        }
+        .to_status();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
     }
 }

@@ -39,6 +39,16 @@
 //! identity for mTLS); then every connection is TLS with ALPN `h2`, checked
 //! against the Service's name (see [`ServiceOptions::tls_server_name`]).
 //!
+//! A request's deadline (`grpc-timeout`, tonic's `Request::set_timeout`)
+//! is enforced until response headers, as tonic's `Channel` does, and ends
+//! it with DEADLINE_EXCEEDED. A request is retried on another endpoint only
+//! when it provably never reached application code: never sent, or its
+//! stream refused by the backend (REFUSED_STREAM, or above a GOAWAY's last
+//! stream id) with a body small enough to have been kept (unary requests).
+//! [`ServiceOptions::max_in_flight_per_endpoint`] caps the requests in
+//! flight on one endpoint; a request finding no endpoint under the cap
+//! fails with RESOURCE_EXHAUSTED rather than queue.
+//!
 //! What it is not: a general xDS client (EDS and CDS for the keys it is
 //! asked for; no LDS, RDS or delta: the hash header comes from
 //! [`ServiceOptions::hash`] or else from the Cluster's `eds.rs` metadata,
@@ -55,6 +65,7 @@ mod error;
 mod metrics;
 mod persist;
 mod pool;
+mod replay;
 mod tls;
 
 pub use ads::{AdsSession, Update, Verdict};

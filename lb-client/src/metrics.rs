@@ -6,7 +6,7 @@
 //!  lb_client_requests_total{service,endpoint,outcome}   counter (success | failure)
 //!  lb_client_ejections_total{service,endpoint,reason}   counter
 //!  lb_client_in_flight{service,endpoint}                gauge, sampled every refresh
-//!  lb_client_retries_total{service}                     counter (never-sent requests retried)
+//!  lb_client_retries_total{service}                     counter (never-sent or refused requests retried)
 //!  lb_client_control_plane_connected                    gauge 0/1
 //!  lb_client_control_plane_updates_total{result}        counter (ack | nack)
 //!  lb_client_policy{service,policy,source}              gauge 1 (source: local | cds | default)

@@ -630,8 +630,19 @@ impl ServicePool {
             .map(|v| hash_bytes(v.as_bytes()))
     }
 
-    /// Picks an endpoint and counts the request in flight on it.
-    pub(crate) fn pick(self: &Arc<Self>, hash: Option<u64>) -> Result<(InFlight, Pick), PickError> {
+    /// The cap on requests in flight per endpoint, if any.
+    pub(crate) fn max_in_flight(&self) -> Option<u32> {
+        self.options.max_in_flight_per_endpoint
+    }
+
+    /// Picks an endpoint and counts the request in flight on it. Also
+    /// returns the endpoint's in-flight count before this request: the
+    /// count and the increment are one atomic step, so requests that each
+    /// see fewer than a cap before them are never more than the cap.
+    pub(crate) fn pick(
+        self: &Arc<Self>,
+        hash: Option<u64>,
+    ) -> Result<(InFlight, Pick, u32), PickError> {
         let mut inner = self.lock();
         let Inner {
             handles,
@@ -667,6 +678,7 @@ impl ServicePool {
                 handle,
             },
             pick,
+            in_flight,
         ))
     }
 

@@ -537,6 +537,13 @@ impl TestPod {
         if let Some(f) = &opts.fail_file {
             cmd.arg("--fail-file").arg(f);
         }
+        if let Some(r) = opts.refuse {
+            cmd.arg("--refuse").arg(match r {
+                Refuse::RefusedStream => "refused-stream",
+                Refuse::Goaway => "goaway",
+                Refuse::NeverAnswer => "never-answer",
+            });
+        }
         let log = self
             .cluster
             .state()
@@ -577,6 +584,20 @@ pub struct EchoOptions {
     pub slow_start_secs: u64,
     /// While this file exists, the backend fails every request with UNAVAILABLE.
     pub fail_file: Option<PathBuf>,
+    /// Process nothing: refuse every stream this way (not a gRPC server then).
+    pub refuse: Option<Refuse>,
+}
+
+/// How a refusing echo backend turns streams away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// RST_STREAM(REFUSED_STREAM) on every stream.
+    RefusedStream,
+    /// GOAWAY with last stream id 0 on every connection, before any stream.
+    Goaway,
+    /// Accept every stream and never answer; the log says which the
+    /// client reset ("stream reset by the client").
+    NeverAnswer,
 }
 
 /// A running echo backend; stopped when dropped.
@@ -590,6 +611,11 @@ impl Backend {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its output (stdout and stderr).
+    pub fn log(&self) -> &Path {
+        self.process.log()
     }
 
     /// Stops it.

@@ -1486,3 +1486,282 @@ async fn the_control_plane_is_reached_over_mtls_and_refuses_a_client_without_a_c
     let _ = std::fs::remove_dir_all(&dir);
     fleet.delete().await
 }
+
+/// `lb_client_retries_total` for `key`, from the client's metrics text.
+fn retries(client: &LbClient, key: &str) -> u64 {
+    let prefix = format!("lb_client_retries_total{{service=\"{key}\"}} ");
+    client
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_ends_a_request_to_a_hanging_backend_on_time() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-deadline").await?;
+    // Accepts every stream and never answers (a tonic server would answer
+    // the request's grpc-timeout itself, so it is bare HTTP/2).
+    let never = EchoOptions {
+        refuse: Some(eds_tests::harness::Refuse::NeverAnswer),
+        ..Default::default()
+    };
+    fleet.add("echo-0", "zone-a", &never).await?;
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let client = LbClient::connect(config(&server, None, options(Policy::P2c)))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 1).await?;
+    let mut echo_client = EchoClient::new(channel.clone());
+
+    let deadline = Duration::from_millis(200);
+    let mut took = Vec::new();
+    for _ in 0..4 {
+        let mut request = echo(0)(0);
+        request.set_timeout(deadline);
+        let started = Instant::now();
+        // Bounded here too, so that without the deadline enforced the test
+        // fails rather than wait forever.
+        let result = tokio::time::timeout(Duration::from_secs(10), echo_client.echo(request)).await;
+        let elapsed = started.elapsed();
+        let status = match result {
+            Err(_) => anyhow::bail!(
+                "no answer within 10 s to a request with a {deadline:?} deadline to a backend that never answers"
+            ),
+            Ok(Ok(reply)) => anyhow::bail!("the hanging backend answered: {reply:?}"),
+            Ok(Err(status)) => status,
+        };
+        ensure!(
+            status.code() == tonic::Code::DeadlineExceeded
+                && status.message().contains(&key)
+                && status.message().contains("200ms"),
+            "{status:?}"
+        );
+        took.push(elapsed);
+    }
+    let ms: Vec<f64> = took.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    eprintln!(
+        "{deadline:?} deadline against a backend that never answers: DEADLINE_EXCEEDED after {ms:.1?} ms"
+    );
+    // Generous: a loaded two-core machine must not make this flaky; the
+    // printed figures are what "within 300 ms" is judged on.
+    ensure!(
+        took.iter().all(|d| *d < Duration::from_secs(2)),
+        "deadline enforced late: {ms:?} ms"
+    );
+
+    let endpoint = client.debug().services[0].endpoints[0].clone();
+    eprintln!(
+        "after the deadlines: in flight {}, failures {}",
+        endpoint.in_flight, endpoint.failures
+    );
+    ensure!(endpoint.in_flight == 0, "claims not released: {endpoint:?}");
+    ensure!(
+        endpoint.failures >= 4,
+        "a request that hit its deadline after it was sent charges the endpoint: {endpoint:?}"
+    );
+    // The streams were reset, not left open at the backend.
+    let log = fleet.pods[0].1.log().to_owned();
+    let resets = eventually(
+        "the backend to see the expired streams reset",
+        Duration::from_secs(10),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let resets: Vec<String> = text
+                    .lines()
+                    .filter(|l| l.starts_with("stream reset by the client"))
+                    .map(str::to_owned)
+                    .collect();
+                Ok(if resets.len() >= 4 {
+                    Ok(resets)
+                } else {
+                    Err(format!("{} resets in {}", resets.len(), log.display()))
+                })
+            }
+        },
+    )
+    .await?;
+    eprintln!("backend: {resets:?}");
+
+    // The deadline bounds the wait for endpoints too (the configured wait is 30 s).
+    let mut nowhere =
+        EchoClient::new(client.channel(&format!("nothing.{}:8080", fleet.ns.name()))?);
+    let mut request = tonic::Request::new(EchoRequest::default());
+    request.set_timeout(deadline);
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), nowhere.echo(request))
+        .await
+        .context("waiting for endpoints outlived the deadline")?
+        .expect_err("a service without endpoints answered");
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{deadline:?} deadline, service without endpoints: {:?} after {:.1} ms",
+        status.code(),
+        elapsed.as_secs_f64() * 1000.0
+    );
+    ensure!(
+        status.code() == tonic::Code::DeadlineExceeded && elapsed < Duration::from_secs(2),
+        "{status:?} after {elapsed:?}"
+    );
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_retried_on_another_endpoint() -> anyhow::Result<()> {
+    use eds_tests::harness::Refuse;
+    let mut fleet = Fleet::new("lbc-refuse").await?;
+    fleet
+        .add("echo-0", "zone-a", &EchoOptions::default())
+        .await?;
+    fleet
+        .add("echo-1", "zone-b", &EchoOptions::default())
+        .await?;
+    let refusing = |mode| EchoOptions {
+        refuse: Some(mode),
+        ..Default::default()
+    };
+    fleet
+        .add("refuse-stream", "zone-a", &refusing(Refuse::RefusedStream))
+        .await?;
+    fleet
+        .add("refuse-goaway", "zone-b", &refusing(Refuse::Goaway))
+        .await?;
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let client = LbClient::connect(config(&server, None, options(Policy::P2c)))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 4).await?;
+
+    let t = load(channel.clone(), 4, 400, None, echo(0)).await;
+    let d = client.debug();
+    let service = d
+        .services
+        .iter()
+        .find(|s| s.service == key)
+        .context("service not in the debug view")?;
+    let by_pod: BTreeMap<String, (u64, u64, bool)> = service
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.pod.clone().unwrap_or_default(),
+                (e.picks, e.failures, e.ejected),
+            )
+        })
+        .collect();
+    let retried = retries(&client, &key);
+    eprintln!(
+        "refused streams: {} ok {:?}, {} failed; (picks, failures, ejected) by pod {by_pod:?}; retries {retried}",
+        t.total(),
+        t.by_pod,
+        t.errors.len()
+    );
+    ensure!(t.errors.is_empty(), "failed requests: {:?}", t.errors);
+    ensure!(t.total() == 400, "{:?}", t.by_pod);
+    for pod in ["refuse-stream", "refuse-goaway"] {
+        ensure!(
+            by_pod.get(pod).is_some_and(|(picks, _, _)| *picks > 0),
+            "{pod} was never picked, so the drill proves nothing: {by_pod:?}"
+        );
+        ensure!(
+            !t.by_pod.contains_key(pod),
+            "{pod} answered: {:?}",
+            t.by_pod
+        );
+    }
+    ensure!(retried > 0, "no retry counted");
+    drop(server);
+    fleet.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_never_holds_more_requests_than_its_cap() -> anyhow::Result<()> {
+    let mut fleet = Fleet::new("lbc-cap").await?;
+    let slow = EchoOptions {
+        latency_ms: 500,
+        ..Default::default()
+    };
+    fleet.add("echo-0", "zone-a", &slow).await?;
+    let server = fleet.server().await?;
+    let key = fleet.key();
+    let capped = ServiceOptions {
+        max_in_flight_per_endpoint: Some(2),
+        ..options(Policy::P2c)
+    };
+    let client = LbClient::connect(config(&server, None, capped))?;
+    let channel = client.channel(&key)?;
+    until_endpoints(&client, &key, 1).await?;
+    EchoClient::new(channel.clone()).echo(echo(0)(0)).await?;
+
+    // The client's own view, sampled while the requests run.
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (client, done) = (client.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(Ordering::Relaxed) {
+                most = most.max(client.debug().services[0].endpoints[0].in_flight);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let requests: Vec<_> = (0..6)
+        .map(|i| {
+            let mut echo_client = EchoClient::new(channel.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = echo_client.echo(echo(0)(i)).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    let (mut served, mut exhausted, mut backend_most) = (Vec::new(), Vec::new(), 0);
+    for r in requests {
+        let (result, elapsed) = r.await?;
+        match result {
+            Ok(reply) => {
+                backend_most = backend_most.max(reply.into_inner().in_flight);
+                served.push(elapsed);
+            }
+            Err(status) => {
+                ensure!(
+                    status.code() == tonic::Code::ResourceExhausted
+                        && status.message().contains(&key)
+                        && status.message().contains(" 2 "),
+                    "{status:?}"
+                );
+                exhausted.push(elapsed);
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let client_most = sampler.await?;
+    let ms = |v: &[Duration]| -> Vec<u128> { v.iter().map(Duration::as_millis).collect() };
+    eprintln!(
+        "cap 2, 6 concurrent requests to a 500 ms backend: {} served after {:?} ms, {} RESOURCE_EXHAUSTED after {:?} ms; most in flight: backend {backend_most}, client {client_most}",
+        served.len(),
+        ms(&served),
+        exhausted.len(),
+        ms(&exhausted)
+    );
+    ensure!(
+        backend_most <= 2 && client_most <= 2,
+        "over the cap: backend saw {backend_most}, client {client_most}"
+    );
+    ensure!(
+        !served.is_empty() && served.len() + exhausted.len() == 6,
+        "{served:?} {exhausted:?}"
+    );
+    // Refused at once, not queued behind the slow requests.
+    ensure!(
+        exhausted.iter().all(|d| *d < Duration::from_millis(450)),
+        "the excess waited: {:?}",
+        ms(&exhausted)
+    );
+    drop(server);
+    fleet.delete().await
+}

@@ -6,6 +6,14 @@
 //! start, falling linearly to normal over the window), so balancer tests
 //! have something real to react to. Not a load generator and not a benchmark
 //! target of its own.
+//!
+//! Misbehaviours for lb-client's drills: `--refuse <mode>` replaces the
+//! gRPC server by a bare HTTP/2 one (the `h2` crate) that processes
+//! nothing: `refused-stream` resets every stream with REFUSED_STREAM,
+//! `goaway` sends GOAWAY (last stream id 0) on every new connection before
+//! any stream, `never-answer` accepts every stream and never answers it,
+//! printing each one the client resets. A tonic server cannot stand for a
+//! backend that hangs: it answers a request's `grpc-timeout` itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +56,20 @@ struct Args {
     /// Seed for the error draw.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Process no request: refuse every stream (see the module docs).
+    #[arg(long, value_enum)]
+    refuse: Option<Refuse>,
+}
+
+/// How a refusing backend turns streams away.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Refuse {
+    /// RST_STREAM(REFUSED_STREAM) on every stream.
+    RefusedStream,
+    /// GOAWAY(last stream id 0, NO_ERROR) on every connection, first thing.
+    Goaway,
+    /// Accept every stream, never answer; print each the client resets.
+    NeverAnswer,
 }
 
 #[derive(Debug)]
@@ -86,7 +108,11 @@ impl std::ops::Deref for Shared {
 #[tonic::async_trait]
 impl Echo for Shared {
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        // A guard, not a decrement at the end: a request the client cancels
+        // (RST_STREAM) is dropped mid-sleep and must leave the count too, so
+        // replies tell a test whether cancelled requests are still running.
+        let guard = Counted::new(&self.in_flight);
+        let in_flight = guard.at_start;
         let req = request.into_inner();
         tokio::time::sleep(self.latency(req.work_us)).await;
         let fail = {
@@ -96,7 +122,7 @@ impl Echo for Shared {
                 .map_err(|_| Status::internal("rng poisoned"))?;
             rng.unit() < self.args.error_rate
         } || self.args.fail_file.as_ref().is_some_and(|f| f.exists());
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
         if fail {
             return Err(Status::unavailable(format!(
                 "{} is failing on purpose",
@@ -112,6 +138,109 @@ impl Echo for Shared {
     }
 }
 
+/// One request in the backend's in-flight count, for as long as it lives.
+#[derive(Debug)]
+struct Counted<'a> {
+    count: &'a AtomicU32,
+    /// The count with this request, when it started.
+    at_start: u32,
+}
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        let at_start = count.fetch_add(1, Ordering::SeqCst) + 1;
+        Self { count, at_start }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves bare HTTP/2 that refuses every stream, until killed (SIGTERM's
+/// default action is fine: there is nothing to drain).
+async fn refuse(listen: SocketAddr, mode: Refuse) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("echo backend refusing streams ({mode:?}) on {listen}");
+    loop {
+        let (tcp, peer) = listener.accept().await.context("accepting")?;
+        tokio::spawn(async move {
+            let result = match mode {
+                Refuse::RefusedStream => reset_every_stream(tcp).await,
+                Refuse::Goaway => go_away_at_once(tcp).await,
+                Refuse::NeverAnswer => never_answer(tcp).await,
+            };
+            if let Err(e) = result {
+                println!("connection from {peer}: {e:#}");
+            }
+        });
+    }
+}
+
+async fn reset_every_stream(tcp: tokio::net::TcpStream) -> anyhow::Result<()> {
+    let mut conn = h2::server::handshake(tcp).await?;
+    let mut refused = 0u64;
+    while let Some(stream) = conn.accept().await {
+        let (_request, mut respond) = stream?;
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+        refused += 1;
+    }
+    println!("connection closed after refusing {refused} streams");
+    Ok(())
+}
+
+async fn never_answer(tcp: tokio::net::TcpStream) -> anyhow::Result<()> {
+    let mut conn = h2::server::handshake(tcp).await?;
+    while let Some(stream) = conn.accept().await {
+        let (request, mut respond) = stream?;
+        let accepted = Instant::now();
+        tokio::spawn(async move {
+            // Hold the stream open until the client gives up on it.
+            let _request = request;
+            match std::future::poll_fn(|cx| respond.poll_reset(cx)).await {
+                Ok(reason) => println!(
+                    "stream reset by the client ({reason:?}) after {} ms",
+                    accepted.elapsed().as_millis()
+                ),
+                Err(e) => println!("stream ended without a reset: {e}"),
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn go_away_at_once(tcp: tokio::net::TcpStream) -> anyhow::Result<()> {
+    // A second handle on the socket outlives h2's: closing a socket with
+    // unread bytes (the client's first request, which h2 ignores after the
+    // GOAWAY) sends a TCP reset, which can overtake the GOAWAY. Reading
+    // the socket to its end first closes it cleanly.
+    let std = tcp.into_std()?;
+    let spare = std.try_clone()?;
+    let mut conn = h2::server::handshake(tokio::net::TcpStream::from_std(std)?).await?;
+    // No stream processed yet: the GOAWAY's last stream id is 0, so every
+    // stream the client opened is above it.
+    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+    // Drives the GOAWAY out and the connection to its end; streams above
+    // the last id are ignored by h2, so none should come.
+    while let Some(Ok((_request, mut respond))) = conn.accept().await {
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+    }
+    drop(conn);
+    spare.set_nonblocking(true)?;
+    let mut spare = tokio::net::TcpStream::from_std(spare)?;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        while matches!(spare.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -119,6 +248,9 @@ async fn main() -> anyhow::Result<()> {
         bail!("--error-rate must be within 0..=1, got {}", args.error_rate);
     }
     let listen = args.listen;
+    if let Some(mode) = args.refuse {
+        return refuse(listen, mode).await;
+    }
     let backend = Arc::new(Backend {
         rng: Mutex::new(SmallRng::seed_from_u64(args.seed)),
         args,
