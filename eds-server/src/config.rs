@@ -83,9 +83,11 @@ pub struct Args {
     #[arg(long, env = "EDS_ZONE_AWARE", default_value_t = true, action = clap::ArgAction::Set)]
     pub zone_aware: bool,
 
-    /// Responses buffered per xDS stream before its task waits for the client. A slow
+    /// Responses buffered per xDS stream before its task waits for the client. A
+    /// state-of-the-world stream holds at most one per type whatever this says (a newer
+    /// response replaces an unsent one of its type); delta increments wait here. A slow
     /// client never delays others: its task skips to the latest topology meanwhile.
-    #[arg(long, env = "EDS_SUBSCRIBER_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "EDS_SUBSCRIBER_QUEUE", default_value_t = 16)]
     pub subscriber_queue: usize,
 
     /// Largest xDS request message accepted, in bytes. A bigger one ends its

@@ -407,6 +407,7 @@ mod tests {
             connected_at: at(0),
             last_activity: at(0),
             stats,
+            backlog: crate::outbox::Backlog::default(),
         }
     }
 

@@ -30,7 +30,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::Frame;
 use proto::xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{Codec, Streaming};
@@ -38,6 +37,7 @@ use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic_prost::ProstCodec;
 
+use crate::outbox;
 use crate::serve::XdsServices;
 use crate::xds::{ResourceType, StreamKind, WireMessage};
 
@@ -241,9 +241,7 @@ pub(crate) fn request_error(error: &Status, limit: usize) -> Option<Status> {
 
 /// A streaming response: headers now, messages as the stream task sends
 /// them, the final status in trailers.
-fn respond<T: WireMessage + Send + 'static>(
-    outbox: mpsc::Receiver<Result<T, Status>>,
-) -> http::Response<Body> {
+fn respond<T: WireMessage + Send + 'static>(outbox: outbox::Receiver<T>) -> http::Response<Body> {
     let mut response = http::Response::new(Body::new(WireBody::new(outbox)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -256,7 +254,7 @@ fn respond<T: WireMessage + Send + 'static>(
 /// wire chunks, then the stream's status as trailers.
 #[derive(Debug)]
 pub struct WireBody<T> {
-    outbox: mpsc::Receiver<Result<T, Status>>,
+    outbox: outbox::Receiver<T>,
     /// Chunks of the message being written.
     pending: VecDeque<Bytes>,
     scratch: Vec<Bytes>,
@@ -264,7 +262,7 @@ pub struct WireBody<T> {
 }
 
 impl<T> WireBody<T> {
-    fn new(outbox: mpsc::Receiver<Result<T, Status>>) -> Self {
+    fn new(outbox: outbox::Receiver<T>) -> Self {
         WireBody {
             outbox,
             pending: VecDeque::new(),
@@ -343,12 +341,9 @@ mod tests {
 
     #[tokio::test]
     async fn body_writes_messages_then_the_status_in_trailers() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(Ok(response("1"))).await.unwrap();
-        tx.send(Err(Status::unavailable("shutting down")))
-            .await
-            .unwrap();
-        drop(tx);
+        let (tx, rx) = outbox::outbox(4);
+        tx.send(response("1")).await.unwrap();
+        tx.finish(Status::unavailable("shutting down"));
         let collected = WireBody::new(rx).collect().await.unwrap();
         let trailers = collected.trailers().cloned().unwrap();
         assert_eq!(trailers["grpc-status"], "14");
@@ -389,7 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_outbox_ends_with_ok() {
-        let (tx, rx) = mpsc::channel::<Result<SotwResponse, Status>>(1);
+        let (tx, rx) = outbox::outbox::<SotwResponse>(1);
         drop(tx);
         let collected = WireBody::new(rx).collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");

@@ -22,6 +22,7 @@ pub mod csds;
 pub mod grpc;
 pub mod k8s;
 pub mod metrics;
+pub mod outbox;
 pub mod serve;
 pub mod source;
 pub mod telemetry;

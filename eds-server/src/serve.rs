@@ -40,11 +40,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use proto::xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::{Request, Status, Streaming};
 use tracing::{Instrument, debug, info};
 
 use crate::metrics::{Metrics, Stage};
+use crate::outbox::{self, Backlog, Supersede};
 use crate::source::SourceProvider;
 use crate::topology::{Published, TopologyWatch};
 use crate::xds::{
@@ -65,6 +66,8 @@ pub struct ClientEntry {
     pub last_activity: SystemTime,
     /// The protocol state.
     pub stats: SubscriberStats,
+    /// Responses waiting for the client to read them.
+    pub backlog: Backlog,
 }
 
 /// Every open stream, for `/debug/clients` and `edsctl clients`.
@@ -95,6 +98,7 @@ struct Registered {
     peer: Option<SocketAddr>,
     connected_at: SystemTime,
     live: Arc<dyn StatsView>,
+    backlog: Arc<dyn Fn() -> Backlog + Send + Sync>,
 }
 
 /// A stream's state machine and when it last did something, behind the
@@ -142,6 +146,7 @@ impl ClientRegistry {
                     connected_at: r.connected_at,
                     last_activity,
                     stats,
+                    backlog: (r.backlog)(),
                 }
             })
             .collect()
@@ -151,6 +156,7 @@ impl ClientRegistry {
         self: &Arc<Self>,
         peer: Option<SocketAddr>,
         live: Arc<dyn StatsView>,
+        backlog: Arc<dyn Fn() -> Backlog + Send + Sync>,
     ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut streams) = self.streams.lock() {
@@ -160,6 +166,7 @@ impl ClientRegistry {
                     peer,
                     connected_at: SystemTime::now(),
                     live,
+                    backlog,
                 },
             );
         }
@@ -215,7 +222,7 @@ impl XdsServices {
         kind: StreamKind,
         head: Request<()>,
         requests: Streaming<DiscoveryRequest>,
-    ) -> mpsc::Receiver<Result<SotwResponse, Status>> {
+    ) -> outbox::Receiver<SotwResponse> {
         self.spawn::<SotwStream>(kind, head, requests)
     }
 
@@ -225,7 +232,7 @@ impl XdsServices {
         kind: StreamKind,
         head: Request<()>,
         requests: Streaming<DeltaDiscoveryRequest>,
-    ) -> mpsc::Receiver<Result<DeltaResponse, Status>> {
+    ) -> outbox::Receiver<DeltaResponse> {
         self.spawn::<DeltaStream>(kind, head, requests)
     }
 
@@ -234,9 +241,9 @@ impl XdsServices {
         kind: StreamKind,
         head: Request<()>,
         requests: Streaming<M::Request>,
-    ) -> mpsc::Receiver<Result<M::Response, Status>> {
+    ) -> outbox::Receiver<M::Response> {
         let peer = head.remote_addr();
-        let (tx, rx) = mpsc::channel(self.0.outbox.max(1));
+        let (tx, rx) = outbox::outbox(self.0.outbox);
         let span = stream_span(M::NAME, kind, peer);
         tokio::spawn(
             run_stream::<M>(kind, peer, requests, tx, Arc::clone(&self.0)).instrument(span),
@@ -256,7 +263,7 @@ fn protocol_name(kind: StreamKind) -> &'static str {
 /// delta share one loop.
 trait Machine: Send + 'static {
     type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Response: Supersede + Send + 'static;
     /// The `protocol` label of metrics.
     const NAME: &'static str;
 
@@ -346,6 +353,21 @@ impl Machine for DeltaStream {
     }
     fn response_keys(resp: &DeltaResponse) -> (&str, &str) {
         (&resp.type_url, &resp.nonce)
+    }
+}
+
+/// A state-of-the-world response is the whole state of its type for the
+/// stream: a newer one of the same type makes an unsent older one pointless.
+impl Supersede for SotwResponse {
+    fn supersedes(&self, older: &Self) -> bool {
+        self.type_url == older.type_url
+    }
+}
+
+/// A delta response is an increment: none replaces another.
+impl Supersede for DeltaResponse {
+    fn supersedes(&self, _older: &Self) -> bool {
+        false
     }
 }
 
@@ -449,7 +471,7 @@ async fn run_stream<M: Machine>(
     kind: StreamKind,
     peer: Option<SocketAddr>,
     mut requests: Streaming<M::Request>,
-    tx: mpsc::Sender<Result<M::Response, Status>>,
+    tx: outbox::Sender<M::Response>,
     shared: Arc<Shared>,
 ) {
     let live = Arc::new(Mutex::new(Live {
@@ -458,7 +480,10 @@ async fn run_stream<M: Machine>(
     }));
     let _registration = shared
         .clients
-        .register(peer, Arc::clone(&live) as Arc<dyn StatsView>);
+        .register(peer, Arc::clone(&live) as Arc<dyn StatsView>, {
+            let observer = tx.observer();
+            Arc::new(move || observer.backlog())
+        });
     let mut topology = shared.topology.clone();
     // Whatever is current when the stream opens is answered through requests,
     // not pushed: only later topologies count as updates.
@@ -535,7 +560,7 @@ async fn run_stream<M: Machine>(
             let (type_url, nonce) = M::response_keys(&response);
             let (type_url, nonce) = (type_url.to_owned(), nonce.to_owned());
             metrics.response(M::NAME, &type_url);
-            if tx.send(Ok(response)).await.is_err() {
+            if tx.send(response).await.is_err() {
                 // The client is gone; nobody reads the outbox any more.
                 break 'stream None;
             }
@@ -545,7 +570,7 @@ async fn run_stream<M: Machine>(
         }
     };
     if let Some(status) = end {
-        let _ = tx.send(Err(status)).await;
+        tx.finish(status);
     }
     metrics.stream_closed(M::NAME, protocol_name(kind));
     let node = lock(&live).machine.client().node_id.clone();
@@ -569,6 +594,7 @@ mod tests {
     use proto::xds::pb::envoy::service::status::v3::{ClientStatusRequest, ConfigStatus};
     use proto::xds::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
     use proto::xds::pb::envoy::r#type::matcher::v3::{NodeMatcher, RegexMatcher, StringMatcher};
+    use tokio::sync::mpsc;
     use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
     use super::*;
@@ -601,6 +627,7 @@ mod tests {
 
     struct Running {
         addr: SocketAddr,
+        shared: Arc<Shared>,
         topology: TopologySender,
         metrics: Arc<Metrics>,
         clients: Arc<ClientRegistry>,
@@ -608,6 +635,10 @@ mod tests {
     }
 
     async fn start() -> Running {
+        start_with_outbox(4).await
+    }
+
+    async fn start_with_outbox(outbox: usize) -> Running {
         let (topology_tx, topology_rx) = topology::channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
@@ -617,7 +648,7 @@ mod tests {
             sources: SourceProvider::new(SourceConfig::default(), Arc::clone(&metrics)),
             clients: Arc::clone(&clients),
             shutdown: shutdown_rx,
-            outbox: 4,
+            outbox,
             max_request_bytes: 4 * 1024 * 1024,
             metrics: Arc::clone(&metrics),
         });
@@ -625,7 +656,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(XdsGrpc::<Ads>::new(XdsServices(shared)))
+                .add_service(XdsGrpc::<Ads>::new(XdsServices(Arc::clone(&shared))))
                 .add_service(ClientStatusDiscoveryServiceServer::new(CsdsService::new(
                     Arc::clone(&clients),
                 )))
@@ -633,6 +664,7 @@ mod tests {
         );
         Running {
             addr,
+            shared,
             topology: topology_tx,
             metrics,
             clients,
@@ -782,6 +814,243 @@ mod tests {
             .unwrap()
             .into_inner();
         assert!(responses.message().await.unwrap().is_some());
+    }
+
+    /// `n` endpoints of one Service; `generation` moves the last one, so
+    /// every generation is a different ClusterLoadAssignment.
+    fn large_topology(n: u16, generation: u16) -> Arc<Topology> {
+        let key: ServiceKey = KEY.parse().unwrap();
+        let set = EndpointSet::merge(
+            (0..n)
+                .map(|i| {
+                    let port = if i == n - 1 {
+                        10_000 + generation
+                    } else {
+                        9090
+                    };
+                    Endpoint::new(SocketAddr::from((
+                        [10, 244, (i / 250) as u8, (i % 250) as u8 + 1],
+                        port,
+                    )))
+                    .with_zone(format!("zone-{}", i % 3))
+                })
+                .collect(),
+        );
+        let meta = ServiceMeta {
+            ports: vec![ServicePort {
+                name: Some("grpc".into()),
+                port: 8080,
+            }],
+            annotations: BTreeMap::new(),
+        };
+        Arc::new(Topology {
+            snapshot: Snapshot::new([(key, set)]),
+            services: BTreeMap::from([(("demo".into(), "echo".into()), meta)]),
+        })
+    }
+
+    /// Hardening drill (issue 24, item 6): a subscriber that stops reading
+    /// while 500 changes happen. Before, its stream queued one response per
+    /// change (up to `--subscriber-queue`, then 1,024), each pinning that
+    /// topology's encoding of a 2,000-endpoint assignment; now it holds the
+    /// latest response of its one type, and when it reads again it gets
+    /// that, not the history.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_stops_reading_holds_one_response_per_type() {
+        const CHANGES: u16 = 500;
+        // The old default: the bound must not be what keeps memory flat.
+        let server = start_with_outbox(1024).await;
+        server
+            .topology
+            .send_replace(Some(Published::now(large_topology(2000, 0))));
+        let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap();
+        let (requests, rx) = mpsc::channel(8);
+        let mut responses = ads
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        requests.send(eds_request("", "")).await.unwrap();
+        let first = responses.message().await.unwrap().unwrap();
+        let size = prost::Message::encoded_len(&first);
+        requests
+            .send(eds_request(&first.nonce, &first.version_info))
+            .await
+            .unwrap();
+        // From here the client reads nothing: HTTP/2 flow control fills
+        // (the client's windows take a few responses), then the server's
+        // outbox is all that grows.
+        for generation in 1..=CHANGES {
+            server
+                .topology
+                .send_replace(Some(Published::now(large_topology(2000, generation))));
+            // Let the stream task take each one (the watch keeps only the latest).
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let clients = Arc::clone(&server.clients);
+        // Settle: after the last publish at most one change is left to take
+        // (the watch keeps only the latest); the backlog then stops moving.
+        let mut last = None;
+        for _ in 0..200 {
+            let backlog = clients.list()[0].backlog;
+            if Some(backlog) == last {
+                break;
+            }
+            last = Some(backlog);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let backlog = clients.list()[0].backlog;
+        eprintln!(
+            "{CHANGES} changes to a {size}-byte assignment while the subscriber read nothing: \
+             {} response(s) queued at the server, {} superseded (never sent)",
+            backlog.queued, backlog.superseded
+        );
+        assert!(backlog.queued <= 1, "{backlog:?}");
+        assert!(
+            backlog.superseded > 50,
+            "the drill never filled the client's windows: {backlog:?}"
+        );
+
+        // Reading again: a few responses (what the windows held, then the
+        // latest), ending with the last change, not 500 of them.
+        let mut read = 0;
+        let latest = loop {
+            let r = tokio::time::timeout(Duration::from_secs(10), responses.message())
+                .await
+                .expect("the latest state never came")
+                .unwrap()
+                .unwrap();
+            read += 1;
+            let cla = &r.resources[0];
+            let decoded = <proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(cla.value.as_slice()).unwrap();
+            let last_port = decoded
+                .endpoints
+                .iter()
+                .flat_map(|l| &l.lb_endpoints)
+                .filter_map(|e| match &e.host_identifier {
+                    Some(proto::xds::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) => ep.address.as_ref(),
+                    _ => None,
+                })
+                .filter_map(|a| match &a.address {
+                    Some(proto::xds::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => match s.port_specifier {
+                        Some(proto::xds::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => Some(p),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .max()
+                .unwrap();
+            if last_port == 10_000 + u32::from(CHANGES) {
+                break r;
+            }
+        };
+        eprintln!("reading again: {read} responses up to the latest");
+        assert!(read < 100, "{read} responses: the history was queued");
+        requests
+            .send(eds_request(&latest.nonce, &latest.version_info))
+            .await
+            .unwrap();
+        drop(requests);
+    }
+
+    /// Hardening drill (issue 24, item 6): 10,000 streams, each from a
+    /// different node id in an invented zone, each asking for the Service
+    /// and then for an invented type URL. What the clients chose must mint
+    /// neither metric series nor cache entries, and every stream must be
+    /// gone from the registry when it ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_streams_of_invented_strings_cost_bounded_state() {
+        use proto::xds::pb::envoy::config::core::v3::Locality;
+        const STREAMS: usize = 10_000;
+        const CONNECTIONS: usize = 10;
+        let server = start().await;
+        server
+            .topology
+            .send_replace(Some(Published::now(topology(1))));
+        let url = format!("http://{}", server.addr);
+        let series = |metrics: &Metrics| {
+            metrics
+                .encode()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .count()
+        };
+        let mut series_after_first = None;
+        let mut ended = BTreeMap::<String, usize>::new();
+        let clients: Vec<_> = futures::future::join_all(
+            (0..CONNECTIONS).map(|_| AggregatedDiscoveryServiceClient::connect(url.clone())),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        for batch in 0..STREAMS / 100 {
+            let streams = (0..100).map(|j| {
+                let i = batch * 100 + j;
+                let mut ads = clients[i % CONNECTIONS].clone();
+                async move {
+                    let (requests, rx) = mpsc::channel(2);
+                    let mut request = eds_request("", "");
+                    request.node = Some(Node {
+                        id: format!("node-{i}-{:x}", i * 7919),
+                        locality: Some(Locality {
+                            zone: format!("zone-{i}"),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                    requests.send(request).await.unwrap();
+                    let mut responses = ads
+                        .stream_aggregated_resources(ReceiverStream::new(rx))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let first = responses.message().await.unwrap().unwrap();
+                    assert_eq!(first.resources.len(), 1);
+                    requests
+                        .send(DiscoveryRequest {
+                            type_url: format!("type.googleapis.com/invented.{i}"),
+                            resource_names: vec![format!("name-{i}")],
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    let end = loop {
+                        match responses.message().await {
+                            Ok(Some(_)) => continue,
+                            Ok(None) => break "OK".to_owned(),
+                            Err(status) => break format!("{:?}", status.code()),
+                        }
+                    };
+                    drop(requests);
+                    end
+                }
+            });
+            for end in futures::future::join_all(streams).await {
+                *ended.entry(end).or_default() += 1;
+            }
+            if batch == 0 {
+                series_after_first = Some(series(&server.metrics));
+            }
+        }
+        let clients_registry = Arc::clone(&server.clients);
+        eventually("every stream to leave the registry", || {
+            clients_registry.list().is_empty()
+        })
+        .await;
+        let (series_first, series_last) = (series_after_first.unwrap(), series(&server.metrics));
+        let (cached, missing) = server.shared.sources.cached();
+        eprintln!(
+            "{STREAMS} streams with invented node ids, zones and type URLs: ended {ended:?}; \
+             metric series {series_first} after 100 streams, {series_last} after {STREAMS}; \
+             cached resources {cached}, missing names logged {missing}"
+        );
+        assert_eq!(ended.values().sum::<usize>(), STREAMS);
+        assert_eq!(series_last, series_first, "client strings minted series");
+        assert_eq!(cached, 1, "one CLA for every invented zone");
+        assert_eq!(missing, 0);
     }
 
     #[tokio::test]

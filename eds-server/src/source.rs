@@ -27,9 +27,9 @@
 //! Not here: protocol state (see [`crate::xds`]) or message layout (see
 //! `proto::resources`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lb_core::zone::{ZoneCapacity, spill_shares};
@@ -80,6 +80,15 @@ impl SourceProvider {
             metrics,
             current: Mutex::new(None),
         }
+    }
+
+    /// [`SnapshotSource::cached`] of the latest topology's source.
+    pub fn cached(&self) -> (usize, usize) {
+        self.current
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|s| s.cached()))
+            .unwrap_or_default()
     }
 
     /// The source for `topology`; `None` (not synced yet) gives a source that
@@ -136,7 +145,23 @@ impl ResourceSource for NotReady {
 /// What a resource's bytes depend on besides the topology: type, name as
 /// asked, and for CLAs the client's zone and whether it takes UNHEALTHY
 /// endpoints. Everything else about a client is irrelevant to its resources.
-type CacheKey = (ResourceType, String, Option<String>, bool);
+type CacheKey = (ResourceType, String, ClientZone, bool);
+
+/// A client's zone as far as a ClusterLoadAssignment's bytes depend on it.
+///
+/// The zone is the client's to choose (xDS `Node.locality`). Every zone no
+/// endpoint in the cluster is in places endpoints the same way (the client
+/// has no local capacity anywhere), so all of them share one cache entry:
+/// a client inventing zones cannot mint entries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientZone {
+    /// Zone-unaware: not a CLA, zone awareness off, or no zone given.
+    Ignored,
+    /// A zone no endpoint of the topology is in.
+    Elsewhere,
+    /// A zone some endpoint of the topology is in.
+    In(String),
+}
 
 /// The resources of one topology, encoded lazily and cached.
 #[derive(Debug)]
@@ -148,9 +173,17 @@ pub struct SnapshotSource {
     /// resources are reused when their version is unchanged.
     previous: Mutex<Option<Arc<SnapshotSource>>>,
     /// Names already logged as missing in this topology: a client that keeps
-    /// asking gets one log line per topology, not one per request.
-    missing: Mutex<std::collections::HashSet<(ResourceType, String)>>,
+    /// asking gets one log line per topology, not one per request. At most
+    /// [`MISSING_LOGGED`] names: the names are the client's to choose.
+    missing: Mutex<HashSet<(ResourceType, String)>>,
+    /// Every zone an endpoint of the topology is in (zone-less endpoints as
+    /// ""), computed when a zone-aware client first asks.
+    zones: OnceLock<HashSet<String>>,
 }
+
+/// Missing names logged per topology at most; beyond it a client asking for
+/// random names would grow the set without bound until the next publish.
+const MISSING_LOGGED: usize = 1000;
 
 impl SnapshotSource {
     /// A source over `topology`.
@@ -164,8 +197,17 @@ impl SnapshotSource {
             config,
             cache: Mutex::new(HashMap::new()),
             previous: Mutex::new(None),
-            missing: Mutex::new(std::collections::HashSet::new()),
+            missing: Mutex::new(HashSet::new()),
+            zones: OnceLock::new(),
         }
+    }
+
+    /// Resources encoded and cached for this topology (every client shape
+    /// counted), and names logged as missing.
+    pub fn cached(&self) -> (usize, usize) {
+        let cache = self.cache.lock().map(|c| c.len()).unwrap_or_default();
+        let missing = self.missing.lock().map(|m| m.len()).unwrap_or_default();
+        (cache, missing)
     }
 
     /// Why `name` names no resource, for the operator's log.
@@ -183,7 +225,13 @@ impl SnapshotSource {
     /// is computed from what it is made of before anything is encoded, so an
     /// unchanged resource is taken from the previous topology's cache.
     fn build(&self, key: &CacheKey) -> Option<Arc<Resource>> {
-        let (ty, name, zone, unhealthy) = (key.0, key.1.as_str(), key.2.as_deref(), key.3);
+        let (ty, name, unhealthy) = (key.0, key.1.as_str(), key.3);
+        // Outer `None`: zone-unaware; inner `None`: in no endpoint's zone.
+        let zone = match &key.2 {
+            ClientZone::Ignored => None,
+            ClientZone::Elsewhere => Some(None),
+            ClientZone::In(zone) => Some(Some(zone.as_str())),
+        };
         let service: ServiceKey = name.parse().ok()?;
         let canonical = self.topology.resolve(&service)?;
         let meta = self.topology.service(&service)?;
@@ -362,7 +410,12 @@ fn invalid_policy_annotations(topology: &Topology) -> i64 {
 /// the client's traffic at priority 0, weighted by it (scaled to 1..=10000);
 /// the rest at priority 1, a failover that takes traffic only if priority 0
 /// has nothing healthy.
-pub fn zone_placement(set: &EndpointSet, local: &str) -> BTreeMap<String, (NonZeroU32, u32)> {
+///
+/// `local` is `None` for a client whose zone has no endpoint of the set.
+pub fn zone_placement(
+    set: &EndpointSet,
+    local: Option<&str>,
+) -> BTreeMap<String, (NonZeroU32, u32)> {
     let mut zones: BTreeMap<&str, ZoneCapacity> = BTreeMap::new();
     for e in set.endpoints() {
         let z = zones.entry(e.zone_or_empty()).or_default();
@@ -374,7 +427,7 @@ pub fn zone_placement(set: &EndpointSet, local: &str) -> BTreeMap<String, (NonZe
     }
     let names: Vec<&str> = zones.keys().copied().collect();
     let caps: Vec<ZoneCapacity> = zones.values().copied().collect();
-    let local_index = names.iter().position(|z| *z == local);
+    let local_index = local.and_then(|local| names.iter().position(|z| *z == local));
     let Ok(shares) = spill_shares(local_index, &caps, None) else {
         return BTreeMap::new();
     };
@@ -400,10 +453,24 @@ pub fn zone_placement(set: &EndpointSet, local: &str) -> BTreeMap<String, (NonZe
 impl ResourceSource for SnapshotSource {
     fn get(&self, ty: ResourceType, name: &str, client: &ClientInfo) -> Lookup<Arc<Resource>> {
         let cla = ty == ResourceType::ClusterLoadAssignment;
-        let zone = client
-            .zone
-            .clone()
-            .filter(|_| cla && self.config.zone_aware);
+        let zone = match client.zone.as_deref() {
+            Some(zone) if cla && self.config.zone_aware => {
+                let known = self.zones.get_or_init(|| {
+                    self.topology
+                        .snapshot
+                        .services()
+                        .flat_map(|(_, set)| set.endpoints().iter())
+                        .map(|e| e.zone_or_empty().to_owned())
+                        .collect()
+                });
+                if known.contains(zone) {
+                    ClientZone::In(zone.to_owned())
+                } else {
+                    ClientZone::Elsewhere
+                }
+            }
+            _ => ClientZone::Ignored,
+        };
         let unhealthy = cla && (self.config.include_unhealthy || client.unhealthy_endpoints);
         let key = (ty, name.to_owned(), zone, unhealthy);
         if let Ok(cache) = self.cache.lock()
@@ -419,11 +486,24 @@ impl ResourceSource for SnapshotSource {
                 Lookup::Found(resource)
             }
             None => {
-                let first = self
+                let (first, last) = self
                     .missing
                     .lock()
-                    .map(|mut m| m.insert((ty, name.to_owned())))
-                    .unwrap_or(false);
+                    .map(|mut m| {
+                        if m.len() >= MISSING_LOGGED {
+                            return (false, false);
+                        }
+                        let first = m.insert((ty, name.to_owned()));
+                        (first, first && m.len() == MISSING_LOGGED)
+                    })
+                    .unwrap_or((false, false));
+                if last {
+                    tracing::info!(
+                        limit = MISSING_LOGGED,
+                        "clients asked for this many resources that do not exist; \
+                         no more are logged until the next topology"
+                    );
+                }
                 if first {
                     tracing::info!(
                         resource = name,
@@ -476,7 +556,7 @@ mod tests {
     #[test]
     fn a_healthy_local_zone_keeps_everything_local() {
         use Health::Healthy as H;
-        let p = zone_placement(&set(&[("a", H), ("a", H), ("b", H), ("b", H)]), "a");
+        let p = zone_placement(&set(&[("a", H), ("a", H), ("b", H), ("b", H)]), Some("a"));
         assert_eq!(p["a"], (NonZeroU32::new(10_000).unwrap(), 0));
         assert_eq!(p["b"].1, 1, "b is failover only: {p:?}");
     }
@@ -487,7 +567,7 @@ mod tests {
         // a has 1 of 3 healthy, b has 3 of 3: a keeps what it can, spills the rest to b.
         let p = zone_placement(
             &set(&[("a", H), ("a", U), ("a", U), ("b", H), ("b", H), ("b", H)]),
-            "a",
+            Some("a"),
         );
         assert_eq!(p["a"].1, 0);
         assert_eq!(p["b"].1, 0);
@@ -743,7 +823,34 @@ mod tests {
     }
 
     #[test]
+    fn invented_zones_and_names_cost_one_entry_each_at_most() {
+        use Health::Healthy as H;
+        let src = source(&[("a", H), ("b", H)], SourceConfig::default());
+        let in_a = cla(&src, &ClientInfo::new("c", Some("a")));
+        let nowhere = cla(&src, &ClientInfo::new("c", Some("zone-0")));
+        for i in 1..1000 {
+            let zone = format!("zone-{i}");
+            let (parsed, version) = cla(&src, &ClientInfo::new("c", Some(&zone)));
+            assert_eq!(version, nowhere.1, "{zone}");
+            assert_eq!(parsed.localities, nowhere.0.localities, "{zone}");
+        }
+        assert_ne!(in_a.1, nowhere.1, "a real zone is placed as such");
+        // a, and every zone without endpoints.
+        assert_eq!(src.cached(), (2, 0));
+        for i in 0..5000 {
+            let name = format!("nothing-{i}.demo:8080");
+            let asked = src.get(
+                ResourceType::ClusterLoadAssignment,
+                &name,
+                &ClientInfo::new("c", None),
+            );
+            assert!(matches!(asked, Lookup::DoesNotExist), "{name}");
+        }
+        assert_eq!(src.cached(), (2, MISSING_LOGGED));
+    }
+
+    #[test]
     fn nothing_healthy_leaves_placement_alone() {
-        assert!(zone_placement(&set(&[("a", Health::Draining)]), "a").is_empty());
+        assert!(zone_placement(&set(&[("a", Health::Draining)]), Some("a")).is_empty());
     }
 }

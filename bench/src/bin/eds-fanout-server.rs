@@ -84,8 +84,8 @@ struct Args {
     /// The publisher's coalescing window in milliseconds (production default: 100).
     #[arg(long, default_value_t = 0)]
     coalesce_window_ms: u64,
-    /// Responses buffered per stream (production default: 1024).
-    #[arg(long, default_value_t = 1024)]
+    /// Responses buffered per stream (production default: 16).
+    #[arg(long, default_value_t = 16)]
     subscriber_queue: usize,
     /// Tokio worker threads; 0 = one per CPU this process may run on.
     #[arg(long, default_value_t = 0)]
