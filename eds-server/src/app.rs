@@ -17,7 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use proto::xds::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::service::Routes;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
@@ -123,51 +123,47 @@ pub async fn run_until(
     });
     let services = XdsServices(shared);
     // Limits and liveness on every xDS connection: a bounded number of
-    // streams, and PINGs so a vanished client's state is released.
-    let mut server = Server::builder()
-        .max_concurrent_streams(config.args.max_streams_per_connection)
-        .http2_keepalive_interval(Some(config.args.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.args.keepalive_timeout));
-    let tls_files = config
-        .args
-        .tls_cert
-        .as_ref()
-        .zip(config.args.tls_key.as_ref());
-    if let Some((cert, key)) = tls_files {
-        let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
-        let mut tls = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &config.args.tls_client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
-        }
-        server = server
-            .tls_config(tls)
-            .context("configuring TLS for the xDS server")?;
-    }
+    // connections and of streams on each, PINGs so a vanished client's
+    // state is released, and an age so clients spread over replicas.
+    let limits = crate::connections::Limits {
+        max_connections: config.args.max_connections,
+        max_streams: config.args.max_streams_per_connection,
+        keepalive: (
+            config.args.keepalive_interval,
+            config.args.keepalive_timeout,
+        ),
+        max_age: Some(config.args.max_connection_age).filter(|age| !age.is_zero()),
+        max_age_grace: config.args.max_connection_age_grace,
+    };
+    let tls = match (&config.args.tls_cert, &config.args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::connections::tls_config(
+            cert,
+            key,
+            config.args.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
     let xds_addr = config.args.xds_addr;
     let listener = tokio::net::TcpListener::bind(xds_addr)
         .await
         .with_context(|| format!("binding the xDS server to {xds_addr}"))?;
     info!(addr = %listener.local_addr()?, "xDS server listening");
-    let mut xds_shutdown = shutdown_rx.clone();
-    let xds = tokio::spawn(
-        server
-            .add_service(XdsGrpc::<Ads>::new(services.clone()))
-            .add_service(XdsGrpc::<Eds>::new(services.clone()))
-            .add_service(XdsGrpc::<Cds>::new(services.clone()))
-            .add_service(XdsGrpc::<Lds>::new(services.clone()))
-            .add_service(XdsGrpc::<Rds>::new(services))
-            .add_service(ClientStatusDiscoveryServiceServer::new(CsdsService::new(
-                Arc::clone(&clients),
-            )))
-            .serve_with_incoming_shutdown(
-                // Nagle off, writes gathered unless tonic's TLS sits above
-                // them (a gathered handshake hangs): see `coalesce`.
-                crate::coalesce::xds_incoming(listener, tls_files.is_none()),
-                async move {
-                    let _ = xds_shutdown.wait_for(|s| *s).await;
-                },
-            ),
-    );
+    let routes = Routes::new(XdsGrpc::<Ads>::new(services.clone()))
+        .add_service(XdsGrpc::<Eds>::new(services.clone()))
+        .add_service(XdsGrpc::<Cds>::new(services.clone()))
+        .add_service(XdsGrpc::<Lds>::new(services.clone()))
+        .add_service(XdsGrpc::<Rds>::new(services))
+        .add_service(ClientStatusDiscoveryServiceServer::new(CsdsService::new(
+            Arc::clone(&clients),
+        )));
+    let xds = tokio::spawn(crate::connections::serve(
+        listener,
+        routes,
+        tls,
+        limits,
+        Arc::clone(&metrics),
+        shutdown_rx.clone(),
+    ));
 
     let admin_state = AdminState {
         topology: topology_rx,
@@ -189,7 +185,7 @@ pub async fn run_until(
     }
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(config.args.shutdown_grace, xds).await {
-        Ok(r) => flatten(r.map(|r| r.map_err(anyhow::Error::from)))?,
+        Ok(r) => r.context("the xDS server task failed")?,
         Err(_) => {
             warn!(grace = ?config.args.shutdown_grace, "streams did not close within the grace period; exiting");
         }

@@ -113,6 +113,24 @@ pub struct Args {
     #[arg(long, env = "EDS_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// Open xDS connections at most; one more is closed as soon as it is
+    /// accepted (counted in eds_xds_connections_refused_total), so a flood of
+    /// connections cannot take the memory the existing streams need.
+    #[arg(long, env = "EDS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// An xDS connection gets a GOAWAY after about this long (each one ± 10 %,
+    /// so connections opened together do not all close together), and its
+    /// client reconnects, perhaps to another replica: after a rollout or a
+    /// scale-up, clients spread over the replicas there are now. 0: never.
+    #[arg(long, env = "EDS_MAX_CONNECTION_AGE", default_value = "30m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// After that GOAWAY, how long the connection's open streams may go on
+    /// before it is closed under them (xDS streams never end by themselves).
+    #[arg(long, env = "EDS_MAX_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub max_connection_age_grace: Duration,
+
     /// PEM certificate for the xDS and admin servers (TLS on when set).
     #[arg(long, env = "EDS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -175,12 +193,19 @@ impl Args {
                 self.max_request_bytes
             ));
         }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            errors.push(format!(
+                "--max-connections must be within 1..=1000000, got {}",
+                self.max_connections
+            ));
+        }
         if self.max_streams_per_connection == 0 {
             errors.push("--max-streams-per-connection must be at least 1".into());
         }
         for (flag, d) in [
             ("--keepalive-interval", self.keepalive_interval),
             ("--keepalive-timeout", self.keepalive_timeout),
+            ("--max-connection-age-grace", self.max_connection_age_grace),
         ] {
             if d.is_zero() {
                 errors.push(format!("{flag} must be above zero"));
@@ -316,10 +341,16 @@ mod tests {
             "/nonexistent/kubeconfig",
             "--mass-drop-fraction",
             "1.5",
+            "--max-connections",
+            "0",
+            "--max-connection-age-grace",
+            "0s",
         ])
         .unwrap_err();
         for needle in [
             "Not_A_Namespace",
+            "--max-connections must be within 1..=1000000, got 0",
+            "--max-connection-age-grace must be above zero",
             "--subscriber-queue",
             "/nonexistent/kubeconfig",
             "1.5",

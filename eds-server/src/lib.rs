@@ -18,6 +18,7 @@ pub mod admin;
 pub mod app;
 pub mod coalesce;
 pub mod config;
+pub mod connections;
 pub mod csds;
 pub mod grpc;
 pub mod k8s;

@@ -18,6 +18,8 @@
 //!                                                   -> its ACK received (stage="ack")
 //!  eds_xds_streams_open / eds_xds_streams_total / eds_xds_requests_total /
 //!  eds_xds_responses_total / eds_xds_nacks_total    serve.rs
+//!  eds_xds_connections_open                         connections.rs, open xDS connections
+//!  eds_xds_connections_refused_total                connections.rs, closed at once: --max-connections
 //! ```
 //!
 //! Latencies are measured with the process's monotonic clock from the
@@ -125,6 +127,8 @@ pub struct Metrics {
     pub state: Family<NameLabel, Gauge>,
     /// Kubernetes watch errors.
     pub watch_errors: Counter<u64, AtomicU64>,
+    connections_open: Gauge,
+    connections_refused: Counter,
 }
 
 /// The `type` label of a type URL. Type URLs come from clients, so only
@@ -168,6 +172,8 @@ impl Metrics {
             publishes: Counter::default(),
             state: Family::default(),
             watch_errors: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
         };
         registry.register(
             "xds_streams_open",
@@ -223,7 +229,29 @@ impl Metrics {
             "Kubernetes watch errors (retried)",
             m.watch_errors.clone(),
         );
+        registry.register(
+            "xds_connections_open",
+            "Open connections on the xDS port",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "xds_connections_refused",
+            "xDS connections closed as soon as accepted because --max-connections were open",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub(crate) fn stream_opened(&self, protocol: &str, service: &str) {

@@ -240,11 +240,13 @@ fn pick(
     let cap = pool.max_in_flight();
     let mut tried_before = None;
     for _ in 0..PICKS_PER_ATTEMPT {
-        let (claim, _pick, before) = pool.pick(hash).map_err(|_| RequestError::NoEndpoints {
-            service: pool.name.clone(),
-            waited: Duration::ZERO,
-            control_plane: settings.control_plane_state(),
-        })?;
+        let (claim, _pick, before) =
+            pool.pick(hash, tried)
+                .map_err(|_| RequestError::NoEndpoints {
+                    service: pool.name.clone(),
+                    waited: Duration::ZERO,
+                    control_plane: settings.control_plane_state(),
+                })?;
         if cap.is_some_and(|cap| before >= cap) {
             // Full: dropping the claim releases it.
             continue;

@@ -240,11 +240,20 @@ fn authority_of(address: SocketAddr) -> http::uri::Authority {
 struct Loads<'a> {
     handles: &'a [Arc<EndpointHandle>],
     with_latency: bool,
+    /// Endpoints an earlier attempt of the request already tried: shown to
+    /// load-aware pickers as full. An endpoint that refuses every stream
+    /// answers at once, so it looks idle and P2C would pick it again over
+    /// any busy endpoint that works.
+    avoid: &'a [SocketAddr],
 }
 
 impl Load for Loads<'_> {
     fn in_flight(&self, i: usize) -> u32 {
-        self.handles[i].in_flight()
+        let handle = &self.handles[i];
+        if !self.avoid.is_empty() && self.avoid.contains(&handle.address()) {
+            return u32::MAX / 2;
+        }
+        handle.in_flight()
     }
 
     fn latency(&self, i: usize) -> Option<f64> {
@@ -639,9 +648,12 @@ impl ServicePool {
     /// returns the endpoint's in-flight count before this request: the
     /// count and the increment are one atomic step, so requests that each
     /// see fewer than a cap before them are never more than the cap.
+    /// `avoid`: endpoints already tried by this request, which load-aware
+    /// policies then see as full.
     pub(crate) fn pick(
         self: &Arc<Self>,
         hash: Option<u64>,
+        avoid: &[SocketAddr],
     ) -> Result<(InFlight, Pick, u32), PickError> {
         let mut inner = self.lock();
         let Inner {
@@ -654,6 +666,7 @@ impl ServicePool {
         let loads = Loads {
             handles,
             with_latency: balancer.config().policy == lb_core::Policy::PeakEwma,
+            avoid,
         };
         let total = self.total_in_flight.load(Ordering::Relaxed);
         let pick = balancer.pick(&loads, hash, total, rng)?;
