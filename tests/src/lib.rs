@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  cluster   build etcd + kube-apiserver + kube-controller-manager + kubectl
-//!            from Go modules (cached); start them as local processes
+//!            from Go modules (cached); start them as local processes;
+//!            build a node's kubelet, containerd, runc, CoreDNS (node_build)
 //!  netns     the pod network: a network namespace holding every pod IP
 //!  process   child processes that never outlive the run (parent-death signal)
 //!  harness   one shared cluster per test binary; namespaces, zoned Nodes,

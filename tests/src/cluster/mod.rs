@@ -22,6 +22,7 @@
 //! API ride out an API server outage; etcd keeps the data meanwhile.
 
 pub mod build;
+pub mod node_build;
 pub mod pki;
 pub mod versions;
 
@@ -37,6 +38,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 pub use build::{Binaries, ensure_built};
+pub use node_build::{NodeBinaries, ensure_node_built};
 
 use crate::netns::{PodNetwork, PodNetworkInfo};
 use crate::process::{ChildProcess, Lifetime, log_tail};
