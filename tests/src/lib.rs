@@ -12,6 +12,7 @@
 //!  server    eds-server in-process, its admin API, the echo Service
 //!  demo      `cargo xtask demo`: lb-client next to per-connection balancing
 //!  tools     Helm, built from its Go module (cached), for the deploy tests
+//!  image     OCI layout tarballs of the project's images, no Docker or registry
 //! ```
 //!
 //! `cargo xtask cluster` drives the same code for people. This crate is
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod demo;
 pub mod gobuild;
 pub mod harness;
+pub mod image;
 pub mod interop;
 pub mod netns;
 pub mod process;

@@ -22,6 +22,7 @@
 //! API ride out an API server outage; etcd keeps the data meanwhile.
 
 pub mod build;
+pub mod containerd;
 pub mod node_build;
 pub mod pki;
 pub mod versions;
