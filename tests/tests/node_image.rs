@@ -181,6 +181,7 @@ fn images_run_under_containerd_and_runc() -> anyhow::Result<()> {
             dir: dir.join("ctd"),
             sandbox_image: image::PAUSE_IMAGE.into(),
             cni_bin_dir: bins.cni_bin_dir.clone(),
+            netns_of: None,
         },
         &bins,
         Lifetime::Tied,

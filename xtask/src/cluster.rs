@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use eds_tests::cluster::{self, ClusterState, ControlPlane, versions};
+use eds_tests::cluster::node::{self, Node};
+use eds_tests::cluster::{self, ClusterState, ControlPlane, PlaneOptions, node_build, versions};
 use eds_tests::process::Lifetime;
 
 #[derive(Debug, clap::Subcommand)]
@@ -18,7 +19,7 @@ pub(crate) enum ClusterCmd {
     /// Build (or find cached) kube-apiserver, kube-controller-manager, kubectl and etcd.
     Build(BuildArgs),
     /// Start the control plane in the background and print how to use it.
-    Up(DirArgs),
+    Up(UpArgs),
     /// Stop everything `up` started.
     Down(DirArgs),
     /// Say what runs.
@@ -33,6 +34,17 @@ pub(crate) struct BuildArgs {
     /// plugins, and libseccomp-dev and pkg-config to build runc).
     #[arg(long)]
     nodes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Also start this many real nodes (kubelet and containerd each, one
+    /// zone each, pods on a CNI bridge in the pod network namespace) and
+    /// kube-scheduler. 0: process pods only, as the fast tests use.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
+    nodes: u8,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,7 +94,41 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         }
         ClusterCmd::Up(args) => {
             let started = Instant::now();
-            let plane = ControlPlane::start(&args.dir, Lifetime::Detached, true)?;
+            let node_bins = if args.nodes > 0 {
+                let bins = node_build::node_binaries()?;
+                anyhow::ensure!(
+                    bins.present(),
+                    "--nodes needs the node components: run `cargo xtask cluster build --nodes`"
+                );
+                Some(bins)
+            } else {
+                None
+            };
+            let mut plane = ControlPlane::start_with(
+                &args.dir.dir,
+                Lifetime::Detached,
+                true,
+                PlaneOptions {
+                    nodes: args.nodes > 0,
+                },
+            )?;
+            if let Some(bins) = &node_bins {
+                let pause = node::build_pause_image(&plane.state().dir.join("images"))?;
+                let mut nodes = Vec::new();
+                for index in 1..=args.nodes {
+                    let n = Node::start(&plane, bins, index, &pause, Lifetime::Detached)?;
+                    eprintln!(
+                        "{} Ready ({}, pods {}) after {:.1?}",
+                        n.state().name,
+                        n.state().zone,
+                        n.state().pod_cidr,
+                        started.elapsed()
+                    );
+                    nodes.push(n);
+                }
+                let states = nodes.into_iter().map(Node::release).collect();
+                plane.record_nodes(states)?;
+            }
             let kubectl = cluster::build::binaries()?.kubectl;
             let state = plane.release();
             eprintln!("control plane up in {:.1?}", started.elapsed());
@@ -103,6 +149,8 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 Some(state) => {
                     state.stop();
                     std::thread::sleep(Duration::from_millis(200));
+                    // Anything a node mounted (and so would refuse removal).
+                    cluster::containerd::unmount_under(&state.dir);
                     std::fs::remove_dir_all(&args.dir)
                         .with_context(|| format!("removing {}", args.dir.display()))?;
                     println!("stopped the control plane in {}", args.dir.display());

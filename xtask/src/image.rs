@@ -141,8 +141,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         tars.push((img.name.clone(), path));
     }
     if let (Some(socket), Some(ctr)) = (&args.load, &ctr) {
+        // ctr reads a relative path as a URL with an authority (`.eds`).
+        let socket = socket
+            .canonicalize()
+            .with_context(|| format!("{} is not there", socket.display()))?;
         for (name, tar) in &tars {
-            load(ctr, socket, name, tar)?;
+            load(ctr, &socket, name, tar)?;
         }
     }
     eprintln!("images ready in {:.1?}", started.elapsed());

@@ -43,6 +43,10 @@ pub struct ContainerdConfig {
     pub sandbox_image: String,
     /// Where the CNI plugins are.
     pub cni_bin_dir: PathBuf,
+    /// Run containerd in the network namespace of this process (the pod
+    /// network's holder), so the CNI plugins it calls put the bridge and
+    /// the pods' veths there, not on the host. `None`: the host's.
+    pub netns_of: Option<u32>,
 }
 
 impl ContainerdConfig {
@@ -87,6 +91,10 @@ temp = "{d}/tmp"
   # No CAP_SYS_RESOURCE here: without this a sandbox fails to lower its
   # /proc/self/oom_score_adj.
   restrict_oom_score_adj = true
+  # Pod network namespaces are pinned (bind-mounted) under the state
+  # directory rather than in /var/run/netns, so teardown finds and unmounts
+  # them under the directory.
+  netns_mounts_under_state_dir = true
 
 [plugins.'io.containerd.cri.v1.runtime'.cni]
   bin_dirs = ["{cni_bin}"]
@@ -141,7 +149,18 @@ impl Containerd {
             path.push(":");
             path.push(old);
         }
-        let mut cmd = Command::new(&bins.containerd);
+        let mut cmd = match config.netns_of {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg("-t")
+                    .arg(pid.to_string())
+                    .arg("-n")
+                    .arg("--")
+                    .arg(&bins.containerd);
+                c
+            }
+            None => Command::new(&bins.containerd),
+        };
         cmd.arg("--config").arg(&config_path).env("PATH", path);
         let process =
             ChildProcess::spawn("containerd", cmd, &dir.join("containerd.log"), lifetime)?;
@@ -206,6 +225,16 @@ impl Containerd {
         self.ctr(&["images", "import", tar]).map(drop)
     }
 
+    /// Its pid (the process group it leads).
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, ChildProcess::pid)
+    }
+
+    /// Leaves a detached containerd running; [`stop_detached`] ends it.
+    pub fn release(mut self) -> u32 {
+        self.process.take().map_or(0, ChildProcess::release)
+    }
+
     /// Kills and deletes every task and container, stops containerd and
     /// detaches whatever is still mounted under its directory. Best effort:
     /// teardown goes on past failures.
@@ -213,27 +242,51 @@ impl Containerd {
         let Some(mut process) = self.process.take() else {
             return;
         };
-        if let Ok(tasks) = self.ctr(&["tasks", "ls", "--quiet"]) {
-            for id in tasks.split_whitespace() {
-                let _ = self.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
-            }
-            for id in tasks.split_whitespace() {
-                // Deleting waits for the killed task to be gone.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while self.ctr(&["tasks", "delete", "--force", id]).is_err()
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-        if let Ok(containers) = self.ctr(&["containers", "ls", "--quiet"]) {
-            for id in containers.split_whitespace() {
-                let _ = self.ctr(&["containers", "delete", id]);
-            }
-        }
+        kill_containers(&self.ctr, &self.socket());
         process.stop(Duration::from_secs(5));
         unmount_under(&self.config.dir);
+    }
+}
+
+/// [`Containerd::stop`] for a containerd another process started and
+/// released (`cargo xtask cluster down`): by its socket, pid and directory.
+pub fn stop_detached(ctr: &Path, dir: &Path, pid: u32) {
+    kill_containers(ctr, &dir.join("containerd.sock"));
+    crate::process::stop_group(pid, Duration::from_secs(5));
+    unmount_under(dir);
+}
+
+/// Shims outlive containerd: kill and delete every task (pod sandboxes
+/// and containers alike) while containerd can still reach them.
+fn kill_containers(ctr_bin: &Path, socket: &Path) {
+    let ctr = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(ctr_bin)
+            .arg("--address")
+            .arg(socket)
+            .args(["--namespace", K8S_NAMESPACE])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("ctr {args:?} failed");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    if let Ok(tasks) = ctr(&["tasks", "ls", "--quiet"]) {
+        for id in tasks.split_whitespace() {
+            let _ = ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+        }
+        for id in tasks.split_whitespace() {
+            // Deleting waits for the killed task to be gone.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ctr(&["tasks", "delete", "--force", id]).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    if let Ok(containers) = ctr(&["containers", "ls", "--quiet"]) {
+        for id in containers.split_whitespace() {
+            let _ = ctr(&["containers", "delete", id]);
+        }
     }
 }
 
@@ -259,8 +312,8 @@ pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Detaches every mount under `dir` (snapshot and rootfs mounts a killed
-/// shim left behind).
-fn unmount_under(dir: &Path) {
+/// shim left behind, pinned pod network namespaces, a kubelet's volumes).
+pub fn unmount_under(dir: &Path) {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for mount in mounts_under(&info, dir) {
         let _ = Command::new("umount").arg("--lazy").arg(&mount).status();
@@ -276,6 +329,7 @@ mod tests {
             dir: PathBuf::from("/n/node-1"),
             sandbox_image: "registry.local/eds-rs/pause:3.10".into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+            netns_of: None,
         }
     }
 
@@ -296,6 +350,7 @@ mod tests {
         assert!(text.contains("restrict_oom_score_adj = true"));
         assert!(text.contains("sandbox = \"registry.local/eds-rs/pause:3.10\""));
         assert!(text.contains("conf_dir = \"/n/node-1/cni\""));
+        assert!(text.contains("netns_mounts_under_state_dir = true"));
     }
 
     #[test]
