@@ -275,12 +275,19 @@ fn kill_containers(ctr_bin: &Path, socket: &Path) {
         for id in tasks.split_whitespace() {
             let _ = ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
         }
-        for id in tasks.split_whitespace() {
-            // Deleting waits for the killed task to be gone.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while ctr(&["tasks", "delete", "--force", id]).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
+        // All killed at once, so wait for all at once (bounded), then
+        // delete each: deleting a task that still runs fails.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match ctr(&["tasks", "ls"]) {
+                Ok(list) if list.contains("RUNNING") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => break,
             }
+        }
+        for id in tasks.split_whitespace() {
+            let _ = ctr(&["tasks", "delete", "--force", id]);
         }
     }
     if let Ok(containers) = ctr(&["containers", "ls", "--quiet"]) {

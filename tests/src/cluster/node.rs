@@ -31,8 +31,8 @@
 //! Teardown ([`Node::stop`], [`NodeState::stop`]): kubelet first (nothing
 //! restarts pods), then every container and sandbox through containerd,
 //! containerd, then every mount under the node's directory (sandbox network
-//! namespaces, volumes, the root bind mount), and the container log links
-//! the kubelet left in `/var/log/containers`.
+//! namespaces, volumes, the root bind mount), the container log links the
+//! kubelet left in `/var/log/containers`, and the empty `k8s.io` cgroups.
 //!
 //! What this is not: a kube-proxy or cluster DNS (pods resolve nothing,
 //! ClusterIPs route nowhere), nor a secure node: the kubelet uses the admin
@@ -110,7 +110,18 @@ fn finish_teardown(dir: &Path) {
         // The kubelet created it; gone only if nothing else uses it.
         let _ = fs::remove_dir("/var/log/containers");
     }
+    // runc removes each container's cgroup, not the `k8s.io` parent the
+    // CRI puts them under (cgroupfs, no QoS cgroups). rmdir only removes
+    // an empty cgroup, so another node's running pods keep theirs.
+    if let Ok(controllers) = fs::read_dir("/sys/fs/cgroup") {
+        for c in controllers.flatten() {
+            let _ = fs::remove_dir(c.path().join(CRI_CGROUP));
+        }
+    }
 }
+
+/// The cgroup (in every hierarchy) the CRI plugin puts pods' containers under.
+const CRI_CGROUP: &str = "k8s.io";
 
 /// A running node.
 #[derive(Debug)]
