@@ -7,8 +7,9 @@
 //! the container. Then eds-server's own image runs as a pod from the
 //! kustomize base (its ServiceAccount, RBAC and securityContext as
 //! shipped), becomes Ready through its own `/readyz` probe (so it listed
-//! the API with its mounted token), and serves the echo Service's endpoint
-//! over its admin API.
+//! the API with its mounted token, through the `kubernetes` Service's
+//! ClusterIP, which only kube-proxy's rules route), and serves the echo
+//! Service's endpoint over its admin API.
 //!
 //! Ignored by default: it needs root, the node components (`cargo xtask
 //! cluster build --nodes`) and about two minutes. Run it with
@@ -139,11 +140,10 @@ spec:
 
 /// The kustomize base (`base`, relative to the overlay: kustomize refuses
 /// absolute paths), its image replaced by the one built here (and never
-/// pulled), with one replica: one node. No kube-proxy routes the
-/// `kubernetes` Service's ClusterIP yet, so the in-cluster config is
-/// pointed at the API server's own address (`api`, `host:port`).
-fn eds_overlay(base: &Path, api: &str) -> String {
-    let (host, port) = api.rsplit_once(':').unwrap_or((api, "443"));
+/// pulled), with one replica: one node. Nothing else changes: in-cluster
+/// config dials the `kubernetes` Service's ClusterIP, which kube-proxy
+/// routes.
+fn eds_overlay(base: &Path) -> String {
     format!(
         r#"apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -162,11 +162,6 @@ patches:
       - op: replace
         path: /spec/template/spec/containers/0/imagePullPolicy
         value: Never
-      - op: add
-        path: /spec/template/spec/containers/0/env
-        value:
-          - {{ name: KUBERNETES_SERVICE_HOST, value: "{host}" }}
-          - {{ name: KUBERNETES_SERVICE_PORT, value: "{port}" }}
 "#,
         base = base.display()
     )
@@ -342,14 +337,9 @@ fn scenario(plane: &ControlPlane, node: &Node, dir: &Path) -> anyhow::Result<()>
     let overlay = dir.join("overlay");
     std::fs::create_dir_all(&overlay)?;
     let base = workspace().join("deploy/kustomize/base").canonicalize()?;
-    let api = plane
-        .state()
-        .api_url
-        .strip_prefix("https://")
-        .context("the API URL is https")?;
     std::fs::write(
         overlay.join("kustomization.yaml"),
-        eds_overlay(&relative(&overlay.canonicalize()?, &base), api),
+        eds_overlay(&relative(&overlay.canonicalize()?, &base)),
     )?;
     // The base leaves the namespace to the operator, as operators expect.
     kubectl(plane, &["create", "namespace", "eds-system"])?;

@@ -45,8 +45,13 @@ pub use node_build::{NodeBinaries, ensure_node_built};
 use crate::netns::{PodNetwork, PodNetworkInfo};
 use crate::process::{ChildProcess, Lifetime, log_tail};
 
-/// The service CIDR. Nothing routes to it; Services just need ClusterIPs.
+/// The service CIDR. Without nodes nothing routes to it (Services just need
+/// ClusterIPs); with nodes, kube-proxy does, inside the pod network
+/// namespace only.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// The `kubernetes` Service's ClusterIP: the first address of [`SERVICE_CIDR`].
+pub const KUBERNETES_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 
 /// What a running control plane writes to `state.json`, so another process
 /// (`cluster status`, `cluster down`, a test attaching) can find it.
@@ -89,6 +94,9 @@ impl ClusterState {
     pub fn alive(&self) -> Vec<(String, u32, bool)> {
         let mut all = self.pids.clone();
         for n in &self.nodes {
+            if let Some(pid) = n.kube_proxy_pid {
+                all.push((format!("{} kube-proxy", n.name), pid));
+            }
             all.push((format!("{} kubelet", n.name), n.kubelet_pid));
             all.push((format!("{} containerd", n.name), n.containerd_pid));
         }
@@ -182,7 +190,13 @@ impl ControlPlane {
         let host_ip = network.info().host_ip();
         let pki = pki::generate(
             &dir.join("pki"),
-            &[Ipv4Addr::LOCALHOST.into(), host_ip.into()],
+            &[
+                Ipv4Addr::LOCALHOST.into(),
+                host_ip.into(),
+                // The `kubernetes` Service's ClusterIP (the CIDR's first
+                // address), which in-cluster clients dial and verify.
+                KUBERNETES_CLUSTER_IP.into(),
+            ],
         )?;
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -221,7 +235,13 @@ impl ControlPlane {
             format!("--secure-port={api_port}"),
             // Must not be loopback; the pod network's host address is ours.
             format!("--advertise-address={host_ip}"),
-            "--endpoint-reconciler-type=none".to_owned(),
+            // With nodes, the `kubernetes` Service gets this API server's
+            // address and port as its endpoint, which kube-proxy routes its
+            // ClusterIP to; without, nothing routes ClusterIPs.
+            format!(
+                "--endpoint-reconciler-type={}",
+                if options.nodes { "lease" } else { "none" }
+            ),
             format!("--tls-cert-file={}", pki.serving_cert.display()),
             format!("--tls-private-key-file={}", pki.serving_key.display()),
             format!("--client-ca-file={}", pki.ca_cert.display()),

@@ -34,9 +34,15 @@
 //! namespaces, volumes, the root bind mount), the container log links the
 //! kubelet left in `/var/log/containers`, and the empty `k8s.io` cgroups.
 //!
-//! What this is not: a kube-proxy or cluster DNS (pods resolve nothing,
-//! ClusterIPs route nowhere), nor a secure node: the kubelet uses the admin
-//! kubeconfig and answers its own API without authorization checks.
+//! ClusterIPs: node 1 also runs kube-proxy (iptables mode) in the
+//! namespace, one for all nodes since they share it. Pods route the Service
+//! CIDR to their bridge, where kube-proxy's DNAT rewrites it; in the
+//! namespace the CIDR is otherwise `unreachable`, so a ClusterIP without a
+//! rule is refused rather than sent toward the host's default route.
+//!
+//! What this is not: cluster DNS (pods resolve nothing yet), nor a secure
+//! node: the kubelet and kube-proxy use the admin kubeconfig and the
+//! kubelet answers its API without authorization checks.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -50,7 +56,7 @@ use serde_json::json;
 
 use super::containerd::{self, Containerd, ContainerdConfig};
 use super::node_build::NodeBinaries;
-use super::{ClusterState, ControlPlane};
+use super::{ClusterState, ControlPlane, SERVICE_CIDR};
 use crate::image;
 use crate::process::{ChildProcess, Lifetime, log_tail};
 
@@ -80,6 +86,10 @@ pub struct NodeState {
     pub kubelet_pid: u32,
     /// containerd's pid.
     pub containerd_pid: u32,
+    /// kube-proxy's pid: node 1 runs the one kube-proxy of the namespace
+    /// all nodes share (iptables rules are per network namespace).
+    #[serde(default)]
+    pub kube_proxy_pid: Option<u32>,
     /// `ctr`, to kill containers at teardown.
     pub ctr: PathBuf,
 }
@@ -87,6 +97,9 @@ pub struct NodeState {
 impl NodeState {
     /// Stops a node that another process started and released.
     pub fn stop(&self) {
+        if let Some(pid) = self.kube_proxy_pid {
+            crate::process::stop_group(pid, Duration::from_secs(5));
+        }
         crate::process::stop_group(self.kubelet_pid, Duration::from_secs(5));
         containerd::stop_detached(&self.ctr, &self.containerd_dir(), self.containerd_pid);
         finish_teardown(&self.dir);
@@ -127,6 +140,7 @@ const CRI_CGROUP: &str = "k8s.io";
 #[derive(Debug)]
 pub struct Node {
     state: NodeState,
+    kube_proxy: Option<ChildProcess>,
     kubelet: Option<ChildProcess>,
     containerd: Option<Containerd>,
 }
@@ -157,7 +171,8 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// The CNI network of node `index`: a bridge in the pod network namespace,
 /// host-local addresses from `pod_cidr` (allocations kept in the node's
-/// directory), and routes to the pod network only.
+/// directory), and routes to the pod network and the Service CIDR only
+/// (kube-proxy's DNAT in the namespace takes ClusterIPs from there).
 pub fn cni_conflist(index: u8, pod_cidr: &str, pod_network: &str, ipam_dir: &Path) -> String {
     let conf = json!({
         "cniVersion": "1.0.0",
@@ -173,8 +188,8 @@ pub fn cni_conflist(index: u8, pod_cidr: &str, pod_network: &str, ipam_dir: &Pat
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": pod_cidr }]],
-                // Only the pod network: a pod has no way off the machine.
-                "routes": [{ "dst": pod_network }],
+                // No default route: a pod has no way off the machine.
+                "routes": [{ "dst": pod_network }, { "dst": SERVICE_CIDR }],
                 "dataDir": ipam_dir,
             },
         }],
@@ -264,6 +279,7 @@ impl Node {
             pod_cidr: pod_cidr.clone(),
             kubelet_pid: 0,
             containerd_pid: 0,
+            kube_proxy_pid: None,
             ctr: bins.ctr.clone(),
         };
 
@@ -277,8 +293,11 @@ impl Node {
                 .arg(holder.to_string())
                 .args(["-n", "--", "sh", "-c", script]))
         };
+        // The Service CIDR is unreachable in the namespace: a ClusterIP
+        // packet kube-proxy has not rewritten (no rule yet, no endpoint) is
+        // refused here instead of following the default route to the host.
         ns(&format!(
-            "ip addr replace {ip}/32 dev eth0 && sysctl -qw net.ipv4.ip_forward=1 && sysctl -qw net.ipv4.conf.eth0.proxy_arp=1"
+            "ip addr replace {ip}/32 dev eth0 && sysctl -qw net.ipv4.ip_forward=1 && sysctl -qw net.ipv4.conf.eth0.proxy_arp=1 && ip route replace unreachable {SERVICE_CIDR}"
         ))?;
 
         let ctd_config = ContainerdConfig {
@@ -350,11 +369,70 @@ impl Node {
         state.kubelet_pid = kubelet.pid();
         let mut node = Self {
             state,
+            kube_proxy: None,
             kubelet: Some(kubelet),
             containerd: Some(containerd),
         };
         node.wait_ready(plane, Duration::from_secs(90))?;
+        if index == 1 {
+            node.start_kube_proxy(plane, bins, lifetime)?;
+        }
         Ok(node)
+    }
+
+    /// kube-proxy (iptables mode) in the pod network namespace, and waits
+    /// until it has written the `kubernetes` Service's rule: from then on
+    /// pods reach the API server through its ClusterIP.
+    fn start_kube_proxy(
+        &mut self,
+        plane: &ControlPlane,
+        bins: &NodeBinaries,
+        lifetime: Lifetime,
+    ) -> anyhow::Result<()> {
+        let cluster = plane.state();
+        let holder = cluster.network.holder_pid.to_string();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &holder, "-n", "--"])
+            .arg(&bins.kube_proxy)
+            .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
+            .arg(format!("--hostname-override={}", self.state.name))
+            .arg("--proxy-mode=iptables")
+            .arg(format!("--cluster-cidr={}", cluster.network.cidr()))
+            // No CAP_SYS_RESOURCE here.
+            .arg("--oom-score-adj=0")
+            // Leave the kernel's conntrack table size (global, not per
+            // namespace) and timeouts as they are.
+            .arg("--conntrack-max-per-core=0")
+            .arg("--conntrack-tcp-timeout-established=0")
+            .arg("--conntrack-tcp-timeout-close-wait=0");
+        let proxy = ChildProcess::spawn(
+            "kube-proxy",
+            cmd,
+            &self.state.dir.join("kube-proxy.log"),
+            lifetime,
+        )?;
+        self.state.kube_proxy_pid = Some(proxy.pid());
+        self.kube_proxy = Some(proxy);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(p) = self.kube_proxy.as_mut() {
+                p.check_running()?;
+            }
+            let rules = run(Command::new("nsenter")
+                .args(["-t", &holder, "-n", "--"])
+                .args(["iptables", "-t", "nat", "-S", "KUBE-SERVICES"]))
+            .unwrap_or_default();
+            if rules.contains("default/kubernetes:https cluster IP") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-proxy wrote no rule for the kubernetes Service in 90 s; last lines of its log:\n{}",
+                    log_tail(&self.state.dir.join("kube-proxy.log"), 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Waits until the Node reports Ready.
@@ -410,6 +488,9 @@ impl Node {
 
     /// Leaves a detached node running (for `cluster up`).
     pub fn release(mut self) -> NodeState {
+        if let Some(p) = self.kube_proxy.take() {
+            p.release();
+        }
         if let Some(k) = self.kubelet.take() {
             k.release();
         }
@@ -425,6 +506,9 @@ impl Node {
         if self.kubelet.is_none() && self.containerd.is_none() {
             // Stopped already, or released: its mounts belong to whoever runs it.
             return;
+        }
+        if let Some(mut p) = self.kube_proxy.take() {
+            p.stop(Duration::from_secs(5));
         }
         if let Some(mut k) = self.kubelet.take() {
             k.stop(Duration::from_secs(5));
@@ -487,7 +571,7 @@ mod tests {
         assert_eq!(bridge["ipMasq"], false);
         assert_eq!(
             bridge["ipam"]["routes"],
-            json!([{ "dst": "10.201.0.0/16" }]),
+            json!([{ "dst": "10.201.0.0/16" }, { "dst": SERVICE_CIDR }]),
             "no default route out of a pod"
         );
         assert_eq!(bridge["ipam"]["dataDir"], "/d/ipam");
