@@ -184,7 +184,19 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 
 fn build_eds_server() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // `cargo test` gives this process the test package's CARGO_PKG_NAME,
+    // CARGO_MANIFEST_DIR and such; build scripts (ring's) rerun when those
+    // change, so inheriting them would rebuild half the tree each time.
+    for (key, _) in std::env::vars_os() {
+        let key_s = key.to_string_lossy();
+        if (key_s.starts_with("CARGO_") && key_s != "CARGO_HOME" && key_s != "CARGO_TARGET_DIR")
+            || key_s == "OUT_DIR"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    let status = cmd
         .current_dir(workspace())
         // The same packages as `cargo xtask image --profile dev`, so both
         // share one feature resolution and one build.
