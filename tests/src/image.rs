@@ -544,6 +544,34 @@ pub fn pause_image(binary: &Path) -> anyhow::Result<Image> {
     })
 }
 
+/// The CoreDNS image's name (the version built by `cluster build --nodes`).
+pub const COREDNS_IMAGE: &str = "registry.local/eds-rs/coredns:v1.15.0";
+
+/// CoreDNS's image: the static binary built from its Go module, run as
+/// distroless's non-root user.
+pub fn coredns_image(binary: &Path) -> anyhow::Result<Image> {
+    let libs = shared_libraries(binary)?;
+    ensure!(
+        libs.is_empty(),
+        "CoreDNS must be static; {} needs {libs:?}",
+        binary.display()
+    );
+    Ok(Image {
+        name: COREDNS_IMAGE.into(),
+        config: ImageConfig {
+            user: NONROOT_USER.into(),
+            entrypoint: vec!["/coredns".into()],
+            working_dir: "/".into(),
+            ..ImageConfig::default()
+        },
+        entries: vec![
+            Entry::file("/coredns", 0o755, Content::Host(binary.to_owned())),
+            Entry::file("/etc/passwd", 0o644, Content::Bytes(PASSWD.into())),
+            Entry::file("/etc/group", 0o644, Content::Bytes(GROUP.into())),
+        ],
+    })
+}
+
 /// The runtime stage of a Dockerfile, as far as an image's layout goes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DockerfileStage {

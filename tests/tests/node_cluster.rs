@@ -4,7 +4,9 @@
 //! bridge inside the pod network namespace; the pod becomes Ready through
 //! a real readiness probe, the EndpointSlice controller publishes its IP
 //! with the node's zone, and a gRPC call to that IP from the host reaches
-//! the container. Then eds-server's own image runs as a pod from the
+//! the container. CoreDNS answers for the Service's name at its pod IP,
+//! and through the `kube-dns` ClusterIP from inside a pod's network
+//! namespace. Then eds-server's own image runs as a pod from the
 //! kustomize base (its ServiceAccount, RBAC and securityContext as
 //! shipped), becomes Ready through its own `/readyz` probe (so it listed
 //! the API with its mounted token, through the `kubernetes` Service's
@@ -340,6 +342,48 @@ fn scenario(plane: &ControlPlane, node: &Node, dir: &Path) -> anyhow::Result<()>
     );
     assert_eq!(reply.zone, "from-the-pod");
 
+    // Cluster DNS: CoreDNS (asked at its pod IP, from the host) and the
+    // kube-dns ClusterIP (asked from inside a pod's network namespace, so
+    // through kube-proxy's DNAT) both name the echo Service's ClusterIP.
+    let echo_cluster_ip: std::net::Ipv4Addr = kubectl(
+        plane,
+        &[
+            "-n",
+            "demo",
+            "get",
+            "service",
+            "echo",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    )?
+    .trim()
+    .parse()?;
+    let dns_pod_ip: std::net::Ipv4Addr = kubectl(
+        plane,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-l",
+            "k8s-app=kube-dns",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+    )?
+    .trim()
+    .parse()?;
+    plane.network().verify_route(dns_pod_ip)?;
+    let name = "echo.demo.svc.cluster.local";
+    assert_eq!(
+        dns_a((dns_pod_ip, 1053).into(), name)?,
+        echo_cluster_ip,
+        "CoreDNS answers for the Service"
+    );
+    let in_pod = pod_netns_dns(node, name, node::CLUSTER_DNS_IP)?;
+    assert_eq!(in_pod, echo_cluster_ip, "kube-dns's ClusterIP, from a pod");
+
     // eds-server's image as operators install it (the kustomize base).
     let eds_bin = build_eds_server()?;
     let eds = image::eds_server_image(&eds_bin, &format!("docker.io/eds-rs/eds-server:{TAG}"))?;
@@ -431,6 +475,117 @@ fn scenario(plane: &ControlPlane, node: &Node, dir: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A DNS query for `name`'s A record: the first address answered.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Asks `server` (UDP) for `name`'s A record, a few times (UDP may drop).
+fn dns_a(server: std::net::SocketAddr, name: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let query = dns_query(name);
+    let mut last = None;
+    for _ in 0..5 {
+        socket.send_to(&query, server)?;
+        let mut buf = [0u8; 512];
+        match socket.recv(&mut buf) {
+            Ok(n) => return parse_a(&buf[..n]),
+            Err(e) => last = Some(e),
+        }
+    }
+    bail!("no DNS answer from {server} for {name}: {last:?}")
+}
+
+/// The first A record of a DNS answer to one question.
+fn parse_a(msg: &[u8]) -> anyhow::Result<std::net::Ipv4Addr> {
+    ensure!(msg.len() > 12, "short DNS answer");
+    let rcode = msg[3] & 0x0f;
+    let answers = u16::from_be_bytes([msg[6], msg[7]]);
+    ensure!(
+        rcode == 0 && answers > 0,
+        "rcode {rcode}, {answers} answers"
+    );
+    // Skip the question: a name (labels up to the 0) and type and class.
+    let mut i = 12;
+    while msg.get(i).copied().unwrap_or(0) != 0 {
+        i += 1 + usize::from(msg[i]);
+    }
+    i += 5;
+    for _ in 0..answers {
+        // A compressed name is two bytes; otherwise labels.
+        if msg.get(i).is_some_and(|b| b & 0xc0 == 0xc0) {
+            i += 2;
+        } else {
+            while msg.get(i).copied().unwrap_or(0) != 0 {
+                i += 1 + usize::from(msg[i]);
+            }
+            i += 1;
+        }
+        let rr = msg.get(i..i + 10).context("truncated record")?;
+        let (kind, len) = (
+            u16::from_be_bytes([rr[0], rr[1]]),
+            usize::from(u16::from_be_bytes([rr[8], rr[9]])),
+        );
+        let data = msg.get(i + 10..i + 10 + len).context("truncated data")?;
+        if kind == 1 && len == 4 {
+            return Ok(std::net::Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        i += 10 + len;
+    }
+    bail!("no A record in the answer")
+}
+
+/// Asks `server` (port 53) for `name` from inside a pod's network namespace
+/// on `node` (the first running task's), with Python's sockets: the images
+/// hold no DNS client, and this must be the pod's own routing.
+fn pod_netns_dns(node: &Node, name: &str, server: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    let tasks = node.containerd().ctr(&["tasks", "ls"])?;
+    let pid = tasks
+        .lines()
+        .skip(1)
+        .find(|l| l.contains("RUNNING"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("no running task")?;
+    // Each line its own literal: a `\` line continuation would eat the
+    // indentation Python needs.
+    let script = [
+        "import socket,sys",
+        "q=bytes.fromhex(sys.argv[1])",
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)",
+        "s.settimeout(2)",
+        "for _ in range(5):",
+        "    s.sendto(q,(sys.argv[2],53))",
+        "    try:",
+        "        sys.stdout.write(s.recv(512).hex()); break",
+        "    except socket.timeout:",
+        "        pass",
+    ]
+    .join("\n");
+    let hex: String = dns_query(name).iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("nsenter")
+        .args([
+            "-t", pid, "-n", "--", "python3", "-c", &script, &hex, server,
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "the query in the pod's namespace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    parse_a(&bytes)
+}
+
 /// A tiny IPv4 CIDR, enough to check a pod IP's subnet.
 mod ipnet_like {
     use std::net::Ipv4Addr;
@@ -467,8 +622,9 @@ fn a_deployment_runs_on_a_real_node() -> anyhow::Result<()> {
     let started = Instant::now();
     let plane =
         ControlPlane::start_with(&dir, Lifetime::Tied, false, PlaneOptions { nodes: true })?;
-    let pause = node::build_pause_image(&dir.join("images"))?;
-    let mut node = Node::start(&plane, &bins, 1, &pause, Lifetime::Tied)?;
+    let images = node::build_node_images(&dir.join("images"), &bins)?;
+    let mut node = Node::start(&plane, &bins, 1, &images, Lifetime::Tied)?;
+    node::install_cluster_dns(&plane, &dir)?;
     eprintln!(
         "control plane and node-1 Ready after {:.1?}",
         started.elapsed()

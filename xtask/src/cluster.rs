@@ -113,10 +113,10 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 },
             )?;
             if let Some(bins) = &node_bins {
-                let pause = node::build_pause_image(&plane.state().dir.join("images"))?;
+                let images = node::build_node_images(&plane.state().dir.join("images"), bins)?;
                 let mut nodes = Vec::new();
                 for index in 1..=args.nodes {
-                    let n = Node::start(&plane, bins, index, &pause, Lifetime::Detached)?;
+                    let n = Node::start(&plane, bins, index, &images, Lifetime::Detached)?;
                     eprintln!(
                         "{} Ready ({}, pods {}) after {:.1?}",
                         n.state().name,
@@ -128,6 +128,8 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 }
                 let states = nodes.into_iter().map(Node::release).collect();
                 plane.record_nodes(states)?;
+                node::install_cluster_dns(&plane, &plane.state().dir)?;
+                eprintln!("CoreDNS Ready behind kube-dns ({})", node::CLUSTER_DNS_IP);
             }
             let kubectl = cluster::build::binaries()?.kubectl;
             let state = plane.release();

@@ -18,7 +18,8 @@ pub(crate) struct Args {
     /// Also build the node components (kubelet, kube-proxy, kube-scheduler,
     /// containerd, runc, CoreDNS: about an hour cold on 2 cores, seconds
     /// cached) and run the tests that start real nodes (`node_image`,
-    /// `node_cluster`, ignored in a plain `cargo test`). Needs root.
+    /// `node_cluster`, ignored in a plain `cargo test`). Needs root and python3
+    /// (node_cluster asks DNS from inside a pod's network namespace with it).
     #[arg(long)]
     nodes: bool,
 }

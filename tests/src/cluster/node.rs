@@ -40,8 +40,10 @@
 //! namespace the CIDR is otherwise `unreachable`, so a ClusterIP without a
 //! rule is refused rather than sent toward the host's default route.
 //!
-//! What this is not: cluster DNS (pods resolve nothing yet), nor a secure
-//! node: the kubelet and kube-proxy use the admin kubeconfig and the
+//! Names: CoreDNS runs as a pod behind `kube-dns` ([`install_cluster_dns`]),
+//! answering for `cluster.local` only (no upstream).
+//!
+//! What this is not: a secure node: the kubelet and kube-proxy use the admin kubeconfig and the
 //! kubelet answers its API without authorization checks.
 
 use std::fs;
@@ -216,8 +218,10 @@ fn kubelet_config(state: &NodeState, socket: &Path, ca: &Path) -> serde_json::Va
         "failSwapOn": false,
         "oomScoreAdj": 0,
         // Pods get no resolv.conf from the host: their DNS must never
-        // leave the machine (CoreDNS is not there yet).
+        // leave the machine. They ask CoreDNS ([`install_cluster_dns`]).
         "resolvConf": "",
+        "clusterDNS": [CLUSTER_DNS_IP],
+        "clusterDomain": "cluster.local",
         "authentication": {
             "anonymous": { "enabled": false },
             "webhook": { "enabled": false },
@@ -239,15 +243,15 @@ fn kubelet_config(state: &NodeState, socket: &Path, ca: &Path) -> serde_json::Va
 }
 
 impl Node {
-    /// Starts node `index` (1-based) of `plane`: containerd with the pause
-    /// image (compiled from `deploy/pause/pause.c` into `images`) and a
+    /// Starts node `index` (1-based) of `plane`: containerd with `images`
+    /// imported ([`build_node_images`]: pause and CoreDNS) and a
     /// kubelet registering `node-<index>` in zone [`zone_of`]. Returns once
     /// the Node is Ready.
     pub fn start(
         plane: &ControlPlane,
         bins: &NodeBinaries,
         index: u8,
-        pause_tar: &Path,
+        images: &[PathBuf],
         lifetime: Lifetime,
     ) -> anyhow::Result<Self> {
         ensure!(
@@ -312,7 +316,9 @@ impl Node {
             cni_conflist(index, &pod_cidr, &net.cidr(), &dir.join("ipam")),
         )?;
         let containerd = Containerd::start(ctd_config, bins, lifetime)?;
-        containerd.import(pause_tar)?;
+        for tar in images {
+            containerd.import(tar)?;
+        }
         state.containerd_pid = containerd.pid();
 
         // The kubelet's root: a shared bind mount, so what the kubelet
@@ -397,6 +403,11 @@ impl Node {
             .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .arg(format!("--hostname-override={}", self.state.name))
             .arg("--proxy-mode=iptables")
+            // Without br_netfilter (a kernel module: the machine's, not
+            // ours to load) a pod's reply to a pod on the same bridge skips
+            // conntrack and so the reverse NAT; masquerading every Service
+            // connection makes replies come back through the gateway.
+            .arg("--masquerade-all")
             .arg(format!("--cluster-cidr={}", cluster.network.cidr()))
             // No CAP_SYS_RESOURCE here.
             .arg("--oom-score-adj=0")
@@ -523,6 +534,148 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The `kube-dns` Service's ClusterIP.
+pub const CLUSTER_DNS_IP: &str = "10.96.0.10";
+
+/// The images every node needs, written to `out`: pause (the sandbox) and
+/// CoreDNS (the cluster DNS).
+pub fn build_node_images(out: &Path, bins: &NodeBinaries) -> anyhow::Result<Vec<PathBuf>> {
+    let pause = build_pause_image(out)?;
+    let coredns = out.join("coredns.tar");
+    image::write_oci_archive(&image::coredns_image(&bins.coredns)?, &coredns)?;
+    Ok(vec![pause, coredns])
+}
+
+/// CoreDNS behind `kube-dns` (`kube-system`), as kubeadm installs it but
+/// with no `forward`: names outside `cluster.local` get no answer rather
+/// than a query to a server off the machine. It listens on 1053 (no
+/// capability to bind 53 as non-root); the Service maps 53 to it.
+const CLUSTER_DNS: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: coredns, namespace: kube-system }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: { name: "system:coredns" }
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: "system:coredns" }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns" }
+subjects: [{ kind: ServiceAccount, name: coredns, namespace: kube-system }]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: coredns, namespace: kube-system }
+data:
+  Corefile: |
+    .:1053 {
+        errors
+        ready :8181
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+        }
+        cache 30
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: coredns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  replicas: 1
+  selector: { matchLabels: { k8s-app: kube-dns } }
+  template:
+    metadata: { labels: { k8s-app: kube-dns } }
+    spec:
+      serviceAccountName: coredns
+      dnsPolicy: Default
+      securityContext: { runAsNonRoot: true, seccompProfile: { type: RuntimeDefault } }
+      containers:
+        - name: coredns
+          image: IMAGE
+          imagePullPolicy: Never
+          args: ["-conf", "/etc/coredns/Corefile"]
+          ports:
+            - { name: dns, containerPort: 1053, protocol: UDP }
+            - { name: dns-tcp, containerPort: 1053, protocol: TCP }
+          readinessProbe:
+            httpGet: { path: /ready, port: 8181 }
+            periodSeconds: 1
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: { drop: ["ALL"] }
+          volumeMounts: [{ name: config, mountPath: /etc/coredns, readOnly: true }]
+      volumes: [{ name: config, configMap: { name: coredns } }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: kube-dns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  clusterIP: CLUSTER_IP
+  selector: { k8s-app: kube-dns }
+  ports:
+    - { name: dns, port: 53, targetPort: 1053, protocol: UDP }
+    - { name: dns-tcp, port: 53, targetPort: 1053, protocol: TCP }
+"#;
+
+/// Deploys CoreDNS behind `kube-dns` ([`CLUSTER_DNS_IP`]) and waits until
+/// it is Ready. Every node must hold its image ([`build_node_images`]).
+pub fn install_cluster_dns(plane: &ControlPlane, dir: &Path) -> anyhow::Result<()> {
+    let file = dir.join("cluster-dns.yaml");
+    fs::write(
+        &file,
+        CLUSTER_DNS
+            .replace("IMAGE", image::COREDNS_IMAGE)
+            .replace("CLUSTER_IP", CLUSTER_DNS_IP),
+    )?;
+    let out = plane.kubectl().args(["apply", "-f"]).arg(&file).output()?;
+    ensure!(
+        out.status.success(),
+        "applying {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = plane
+            .kubectl()
+            .args([
+                "-n",
+                "kube-system",
+                "get",
+                "deployment",
+                "coredns",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ])
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let pods = plane
+                .kubectl()
+                .args(["-n", "kube-system", "get", "pods,events"])
+                .output()?;
+            bail!(
+                "CoreDNS not Ready after 90 s:\n{}",
+                String::from_utf8_lossy(&pods.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
