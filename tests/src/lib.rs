@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  cluster   build etcd + kube-apiserver + kube-controller-manager + kubectl
-//!            from Go modules (cached); start them as local processes
+//!            from Go modules (cached); start them as local processes;
+//!            build a node's kubelet, containerd, runc, CoreDNS (node_build)
 //!  netns     the pod network: a network namespace holding every pod IP
 //!  process   child processes that never outlive the run (parent-death signal)
 //!  harness   one shared cluster per test binary; namespaces, zoned Nodes,
@@ -12,6 +13,7 @@
 //!  demo      `cargo xtask demo`: lb-client next to per-connection balancing
 //!  tools     Helm, built from its Go module (cached), for the deploy tests
 //!  blackhole a loopback TCP proxy whose connections can go silent (drills)
+//!  image     OCI layout tarballs of the project's images, no Docker or registry
 //! ```
 //!
 //! `cargo xtask cluster` drives the same code for people. This crate is
@@ -23,6 +25,7 @@ pub mod cluster;
 pub mod demo;
 pub mod gobuild;
 pub mod harness;
+pub mod image;
 pub mod interop;
 pub mod netns;
 pub mod process;

@@ -10,19 +10,41 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use eds_tests::cluster::{self, ClusterState, ControlPlane, versions};
+use eds_tests::cluster::node::{self, Node};
+use eds_tests::cluster::{self, ClusterState, ControlPlane, PlaneOptions, node_build, versions};
 use eds_tests::process::Lifetime;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ClusterCmd {
     /// Build (or find cached) kube-apiserver, kube-controller-manager, kubectl and etcd.
-    Build,
+    Build(BuildArgs),
     /// Start the control plane in the background and print how to use it.
-    Up(DirArgs),
+    Up(UpArgs),
     /// Stop everything `up` started.
     Down(DirArgs),
     /// Say what runs.
     Status(DirArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BuildArgs {
+    /// Also build what a node runs: kubelet, kube-proxy, kube-scheduler,
+    /// containerd (with its runc shim and ctr), runc and CoreDNS, and
+    /// install the Debian packages a node needs (iptables, conntrack, CNI
+    /// plugins, and libseccomp-dev and pkg-config to build runc).
+    #[arg(long)]
+    nodes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Also start this many real nodes (kubelet and containerd each, one
+    /// zone each, pods on a CNI bridge in the pod network namespace) and
+    /// kube-scheduler. 0: process pods only, as the fast tests use.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
+    nodes: u8,
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,7 +56,24 @@ pub(crate) struct DirArgs {
 
 pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
-        ClusterCmd::Build => {
+        ClusterCmd::Build(args) => {
+            // Nodes first when asked: the control plane's build then finds most
+            // of its packages in Go's build cache, left there by the kubelet's.
+            if args.nodes {
+                let started = Instant::now();
+                let node = cluster::ensure_node_built(true)?;
+                eprintln!(
+                    "node components (containerd {}, runc {}, CoreDNS {}) ready in {:.1?}:",
+                    versions::CONTAINERD,
+                    versions::RUNC,
+                    versions::COREDNS,
+                    started.elapsed()
+                );
+                for (_, path) in node.built() {
+                    println!("{}", path.display());
+                }
+                println!("{} (CNI plugins)", node.cni_bin_dir.display());
+            }
             let started = Instant::now();
             let bins = cluster::ensure_built(true)?;
             eprintln!(
@@ -55,7 +94,43 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         }
         ClusterCmd::Up(args) => {
             let started = Instant::now();
-            let plane = ControlPlane::start(&args.dir, Lifetime::Detached, true)?;
+            let node_bins = if args.nodes > 0 {
+                let bins = node_build::node_binaries()?;
+                anyhow::ensure!(
+                    bins.present(),
+                    "--nodes needs the node components: run `cargo xtask cluster build --nodes`"
+                );
+                Some(bins)
+            } else {
+                None
+            };
+            let mut plane = ControlPlane::start_with(
+                &args.dir.dir,
+                Lifetime::Detached,
+                true,
+                PlaneOptions {
+                    nodes: args.nodes > 0,
+                },
+            )?;
+            if let Some(bins) = &node_bins {
+                let images = node::build_node_images(&plane.state().dir.join("images"), bins)?;
+                let mut nodes = Vec::new();
+                for index in 1..=args.nodes {
+                    let n = Node::start(&plane, bins, index, &images, Lifetime::Detached)?;
+                    eprintln!(
+                        "{} Ready ({}, pods {}) after {:.1?}",
+                        n.state().name,
+                        n.state().zone,
+                        n.state().pod_cidr,
+                        started.elapsed()
+                    );
+                    nodes.push(n);
+                }
+                let states = nodes.into_iter().map(Node::release).collect();
+                plane.record_nodes(states)?;
+                node::install_cluster_dns(&plane, &plane.state().dir)?;
+                eprintln!("CoreDNS Ready behind kube-dns ({})", node::CLUSTER_DNS_IP);
+            }
             let kubectl = cluster::build::binaries()?.kubectl;
             let state = plane.release();
             eprintln!("control plane up in {:.1?}", started.elapsed());
@@ -76,6 +151,8 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 Some(state) => {
                     state.stop();
                     std::thread::sleep(Duration::from_millis(200));
+                    // Anything a node mounted (and so would refuse removal).
+                    cluster::containerd::unmount_under(&state.dir);
                     std::fs::remove_dir_all(&args.dir)
                         .with_context(|| format!("removing {}", args.dir.display()))?;
                     println!("stopped the control plane in {}", args.dir.display());

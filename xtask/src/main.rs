@@ -7,6 +7,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod e2e;
+mod image;
 mod interop;
 mod simulate;
 mod svg;
@@ -30,6 +31,8 @@ enum Command {
     Cluster(cluster::ClusterCmd),
     /// Show lb-client's per-request balancing next to per-connection balancing, live, with a pod killed mid-run.
     Demo(demo::Args),
+    /// Build the eds-server, echo-backend and pause images as OCI layout tarballs (no Docker, no registry), optionally loading them into a containerd.
+    Image(image::Args),
     /// Run the end-to-end scenarios on the local control plane (or check for kind) and summarise them.
     E2e(e2e::Args),
     /// Run stock proxyless gRPC clients (grpc-go, grpcio, tonic-xds) against eds-server and report the numbers.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::E2e(args) => e2e::run(args),
+        Command::Image(args) => image::run(args),
         Command::Interop(args) => interop::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),

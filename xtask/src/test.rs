@@ -15,6 +15,13 @@ pub(crate) struct Args {
     /// Skip `cargo fmt --check` and clippy (for a quick local loop).
     #[arg(long)]
     no_lint: bool,
+    /// Also build the node components (kubelet, kube-proxy, kube-scheduler,
+    /// containerd, runc, CoreDNS: about an hour cold on 2 cores, seconds
+    /// cached) and run the tests that start real nodes (`node_image`,
+    /// `node_cluster`, ignored in a plain `cargo test`). Needs root and python3
+    /// (node_cluster asks DNS from inside a pod's network namespace with it).
+    #[arg(long)]
+    nodes: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -24,6 +31,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     ensure_grpcio_venv(true).context("creating the grpcio interop venv")?;
     eds_tests::tools::ensure_helm(true).context("building Helm for the deploy tests")?;
     eds_tests::netns::preflight().context("checking what the pod network needs")?;
+    if args.nodes {
+        step("install: node components (built from Go modules once, then cached; Debian packages)");
+        eds_tests::cluster::ensure_node_built(true).context("building the node components")?;
+    }
 
     if !args.no_lint {
         step("cargo fmt --check");
@@ -41,6 +52,38 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     step("cargo test");
     cargo(&["test", "--workspace", "--locked"])?;
+    if args.nodes {
+        step("cargo test: real nodes (containerd, runc, kubelet, kube-proxy)");
+        // The images hold these binaries; node_cluster builds them too, but
+        // building here first keeps that build's output in this log.
+        cargo(&[
+            "build",
+            "--locked",
+            "-p",
+            "eds-server",
+            "--bin",
+            "eds-server",
+            "-p",
+            "eds-tests",
+            "--bin",
+            "echo-backend",
+        ])?;
+        cargo(&[
+            "test",
+            "--locked",
+            "-p",
+            "eds-tests",
+            "--test",
+            "node_image",
+            "--test",
+            "node_cluster",
+            "--",
+            "--ignored",
+            // One at a time: each starts its own containerd (and the
+            // cluster test a whole control plane) on a small machine.
+            "--test-threads=1",
+        ])?;
+    }
     step("all checks passed");
     Ok(())
 }

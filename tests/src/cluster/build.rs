@@ -54,7 +54,7 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/eds"))
 }
 
-fn kubernetes_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn kubernetes_dir() -> anyhow::Result<PathBuf> {
     Ok(cache_dir()?.join(format!("cluster/kubernetes-{}", versions::KUBERNETES)))
 }
 
@@ -121,7 +121,7 @@ pub fn ensure_built(progress: bool) -> anyhow::Result<Binaries> {
     Ok(bins)
 }
 
-fn go_version() -> anyhow::Result<String> {
+pub(crate) fn go_version() -> anyhow::Result<String> {
     let out = Command::new("go")
         .arg("version")
         .output()
@@ -137,7 +137,25 @@ fn go_version() -> anyhow::Result<String> {
 
 fn build_kubernetes(progress: bool) -> anyhow::Result<()> {
     let dir = kubernetes_dir()?;
-    let src = dir.join("src");
+    let src = write_kubernetes_wrapper(progress)?;
+    go_build(
+        progress,
+        &src,
+        &dir.join("bin"),
+        &kubernetes_ldflags(),
+        &[
+            "k8s.io/kubernetes/cmd/kube-apiserver",
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "k8s.io/kubernetes/cmd/kubectl",
+        ],
+    )
+}
+
+/// Writes the Kubernetes wrapper module (`<kubernetes dir>/src/go.mod`) and
+/// returns its directory. The node components ([`super::node_build`]) are
+/// built in the same module, so they share its go.sum and Go's build cache.
+pub(crate) fn write_kubernetes_wrapper(progress: bool) -> anyhow::Result<PathBuf> {
+    let src = kubernetes_dir()?.join("src");
     fs::create_dir_all(&src)?;
     say(
         progress,
@@ -149,33 +167,23 @@ fn build_kubernetes(progress: bool) -> anyhow::Result<()> {
     let release_mod = module_go_mod("k8s.io/kubernetes", versions::KUBERNETES, &src)?;
     let go_mod = kubernetes_wrapper(&release_mod)?;
     fs::write(src.join("go.mod"), go_mod)?;
-    let ldflags = [
+    Ok(src)
+}
+
+/// The `-ldflags` that stamp the pinned release into `component-base`, so
+/// `/version` and a Node's `kubeletVersion` say it instead of `v0.0.0-master`.
+pub(crate) fn kubernetes_ldflags() -> String {
+    let (major, minor) = major_minor(versions::KUBERNETES);
+    [
         format!(
             "-X k8s.io/component-base/version.gitVersion={}",
             versions::KUBERNETES
         ),
-        format!(
-            "-X k8s.io/component-base/version.gitMajor={}",
-            major_minor(versions::KUBERNETES).0
-        ),
-        format!(
-            "-X k8s.io/component-base/version.gitMinor={}",
-            major_minor(versions::KUBERNETES).1
-        ),
+        format!("-X k8s.io/component-base/version.gitMajor={major}"),
+        format!("-X k8s.io/component-base/version.gitMinor={minor}"),
         "-X k8s.io/component-base/version.gitTreeState=clean".to_owned(),
     ]
-    .join(" ");
-    go_build(
-        progress,
-        &src,
-        &dir.join("bin"),
-        &ldflags,
-        &[
-            "k8s.io/kubernetes/cmd/kube-apiserver",
-            "k8s.io/kubernetes/cmd/kube-controller-manager",
-            "k8s.io/kubernetes/cmd/kubectl",
-        ],
-    )
+    .join(" ")
 }
 
 fn build_etcd(progress: bool) -> anyhow::Result<()> {
@@ -282,7 +290,7 @@ fn major_minor(version: &str) -> (String, String) {
     )
 }
 
-fn go_build(
+pub(crate) fn go_build(
     progress: bool,
     src: &Path,
     bin: &Path,
@@ -359,7 +367,7 @@ fn go_build(
     Ok(())
 }
 
-fn say(progress: bool, what: &str) {
+pub(crate) fn say(progress: bool, what: &str) {
     if progress {
         eprintln!("==> {what}");
     }

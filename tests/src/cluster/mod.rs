@@ -22,6 +22,9 @@
 //! API ride out an API server outage; etcd keeps the data meanwhile.
 
 pub mod build;
+pub mod containerd;
+pub mod node;
+pub mod node_build;
 pub mod pki;
 pub mod versions;
 
@@ -37,12 +40,18 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 pub use build::{Binaries, ensure_built};
+pub use node_build::{NodeBinaries, ensure_node_built};
 
 use crate::netns::{PodNetwork, PodNetworkInfo};
 use crate::process::{ChildProcess, Lifetime, log_tail};
 
-/// The service CIDR. Nothing routes to it; Services just need ClusterIPs.
+/// The service CIDR. Without nodes nothing routes to it (Services just need
+/// ClusterIPs); with nodes, kube-proxy does, inside the pod network
+/// namespace only.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// The `kubernetes` Service's ClusterIP: the first address of [`SERVICE_CIDR`].
+pub const KUBERNETES_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 
 /// What a running control plane writes to `state.json`, so another process
 /// (`cluster status`, `cluster down`, a test attaching) can find it.
@@ -62,6 +71,9 @@ pub struct ClusterState {
     pub network: PodNetworkInfo,
     /// Pinned Kubernetes version.
     pub kubernetes_version: String,
+    /// The nodes (kubelet and containerd each), if the cluster has any.
+    #[serde(default)]
+    pub nodes: Vec<node::NodeState>,
 }
 
 impl ClusterState {
@@ -81,6 +93,13 @@ impl ClusterState {
     /// Which recorded processes are still alive.
     pub fn alive(&self) -> Vec<(String, u32, bool)> {
         let mut all = self.pids.clone();
+        for n in &self.nodes {
+            if let Some(pid) = n.kube_proxy_pid {
+                all.push((format!("{} kube-proxy", n.name), pid));
+            }
+            all.push((format!("{} kubelet", n.name), n.kubelet_pid));
+            all.push((format!("{} containerd", n.name), n.containerd_pid));
+        }
         all.push(("pod network holder".into(), self.network.holder_pid));
         all.into_iter()
             .map(|(name, pid)| {
@@ -90,8 +109,12 @@ impl ClusterState {
             .collect()
     }
 
-    /// Stops every recorded process group (reverse start order) and the pod network.
+    /// Stops the nodes, every recorded process group (reverse start
+    /// order) and the pod network.
     pub fn stop(&self) {
+        for n in self.nodes.iter().rev() {
+            n.stop();
+        }
         for (_, pid) in self.pids.iter().rev() {
             crate::process::stop_group(*pid, Duration::from_secs(5));
         }
@@ -101,6 +124,19 @@ impl ClusterState {
 
 /// Where kube-apiserver sits in [`ControlPlane`]'s start order.
 const APISERVER: usize = 1;
+
+/// What a control plane runs beyond etcd, kube-apiserver and the
+/// EndpointSlice controllers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlaneOptions {
+    /// Ready for real nodes ([`node::Node`]): kube-apiserver listens on the
+    /// pod network's host address (kubelets and pods reach it from the pod
+    /// network namespace; loopback there is their own), pods get
+    /// ServiceAccount tokens (admission plugin, the ServiceAccount and
+    /// root-CA publisher controllers), Deployments get ReplicaSets and
+    /// pods, and kube-scheduler places them.
+    pub nodes: bool,
+}
 
 /// A running control plane.
 #[derive(Debug)]
@@ -112,6 +148,8 @@ pub struct ControlPlane {
     apiserver_args: Vec<String>,
     /// Restarts so far, to give each restarted API server its own log.
     apiserver_restarts: AtomicU32,
+    /// The processes' names, in start order.
+    names: Vec<&'static str>,
     // Dropped (and so stopped) in reverse order of start: kcm, apiserver, etcd, network.
     // Behind a lock so a shared control plane can restart its API server.
     processes: Mutex<Vec<ChildProcess>>,
@@ -126,6 +164,16 @@ fn free_port() -> anyhow::Result<u16> {
 impl ControlPlane {
     /// Starts a control plane in `dir` (wiped first). `progress` narrates to stderr.
     pub fn start(dir: &Path, lifetime: Lifetime, progress: bool) -> anyhow::Result<Self> {
+        Self::start_with(dir, lifetime, progress, PlaneOptions::default())
+    }
+
+    /// [`ControlPlane::start`] with more parts running (see [`PlaneOptions`]).
+    pub fn start_with(
+        dir: &Path,
+        lifetime: Lifetime,
+        progress: bool,
+        options: PlaneOptions,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let binaries = ensure_built(progress)?;
         if let Some(old) = ClusterState::load(dir)? {
@@ -142,12 +190,26 @@ impl ControlPlane {
         let host_ip = network.info().host_ip();
         let pki = pki::generate(
             &dir.join("pki"),
-            &[Ipv4Addr::LOCALHOST.into(), host_ip.into()],
+            &[
+                Ipv4Addr::LOCALHOST.into(),
+                host_ip.into(),
+                // The `kubernetes` Service's ClusterIP (the CIDR's first
+                // address), which in-cluster clients dial and verify.
+                KUBERNETES_CLUSTER_IP.into(),
+            ],
         )?;
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let api_url = format!("https://127.0.0.1:{api_port}");
+        // With nodes, the API must be reachable from the pod network
+        // namespace, whose loopback is its own: listen on our veth end only
+        // (still nothing outside the machine can reach it).
+        let api_ip: Ipv4Addr = if options.nodes {
+            host_ip
+        } else {
+            Ipv4Addr::LOCALHOST
+        };
+        let api_url = format!("https://{api_ip}:{api_port}");
 
         let mut processes = Vec::new();
         let mut etcd = Command::new(&binaries.etcd);
@@ -167,13 +229,19 @@ impl ControlPlane {
             lifetime,
         )?);
 
-        let apiserver_args: Vec<String> = vec![
+        let mut apiserver_args: Vec<String> = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".to_owned(),
+            format!("--bind-address={api_ip}"),
             format!("--secure-port={api_port}"),
             // Must not be loopback; the pod network's host address is ours.
             format!("--advertise-address={host_ip}"),
-            "--endpoint-reconciler-type=none".to_owned(),
+            // With nodes, the `kubernetes` Service gets this API server's
+            // address and port as its endpoint, which kube-proxy routes its
+            // ClusterIP to; without, nothing routes ClusterIPs.
+            format!(
+                "--endpoint-reconciler-type={}",
+                if options.nodes { "lease" } else { "none" }
+            ),
             format!("--tls-cert-file={}", pki.serving_cert.display()),
             format!("--tls-private-key-file={}", pki.serving_key.display()),
             format!("--client-ca-file={}", pki.ca_cert.display()),
@@ -185,12 +253,40 @@ impl ControlPlane {
             ),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             "--authorization-mode=RBAC".to_owned(),
-            // No token controller runs, so pods cannot get default SA tokens mounted.
-            "--disable-admission-plugins=ServiceAccount".to_owned(),
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),
             format!("--cert-dir={}", dir.join("pki").display()),
         ];
+        if !options.nodes {
+            // No ServiceAccount controller runs and no kubelet asks for
+            // tokens; pods the harness creates would wait for a `default`
+            // ServiceAccount that never comes.
+            apiserver_args.push("--disable-admission-plugins=ServiceAccount".to_owned());
+        }
+        // Written before kube-apiserver starts: with nodes it presents the
+        // admin certificate to kubelets (logs, exec, port-forward).
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            &api_url,
+            &pki.ca_cert,
+            &pki.admin,
+            &dir.join("pki"),
+        )?;
+        if options.nodes {
+            // Reach kubelets by their Node's InternalIP: a Node's name is no
+            // host name, and resolving it would ask the machine's DNS server.
+            apiserver_args.push("--kubelet-preferred-address-types=InternalIP".to_owned());
+            let pki_dir = dir.join("pki");
+            apiserver_args.push(format!(
+                "--kubelet-client-certificate={}",
+                pki_dir.join("admin.crt").display()
+            ));
+            apiserver_args.push(format!(
+                "--kubelet-client-key={}",
+                pki_dir.join("admin.key").display()
+            ));
+        }
         let mut api = Command::new(&binaries.kube_apiserver);
         api.args(&apiserver_args);
         processes.push(ChildProcess::spawn(
@@ -200,14 +296,6 @@ impl ControlPlane {
             lifetime,
         )?);
 
-        let kubeconfig = dir.join("kubeconfig");
-        write_kubeconfig(
-            &kubeconfig,
-            &api_url,
-            &pki.ca_cert,
-            &pki.admin,
-            &dir.join("pki"),
-        )?;
         let mut plane = Self {
             state: ClusterState {
                 dir: dir.clone(),
@@ -217,11 +305,13 @@ impl ControlPlane {
                 pids: Vec::new(),
                 network: network.info().clone(),
                 kubernetes_version: versions::KUBERNETES.to_owned(),
+                nodes: Vec::new(),
             },
             binaries,
             lifetime,
             apiserver_args,
             apiserver_restarts: AtomicU32::new(0),
+            names: vec!["etcd", "kube-apiserver", "kube-controller-manager"],
             processes: Mutex::new(processes),
             network: Some(network),
         };
@@ -230,9 +320,19 @@ impl ControlPlane {
             eprintln!("kube-apiserver ready after {:.1?}", started.elapsed());
         }
 
+        let mut controllers = "endpointslice-controller,endpointslice-mirroring-controller,garbage-collector-controller,namespace-controller".to_owned();
+        if options.nodes {
+            // Workloads as operators write them (Deployments), ServiceAccounts
+            // and the kube-root-ca.crt ConfigMap a pod's token volume
+            // projects, clean-up of pods whose node is gone, and the node
+            // lifecycle controller, which lifts the not-ready taint a new
+            // Node is registered with (nothing schedules onto it until then).
+            controllers.push_str(",deployment-controller,replicaset-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,node-lifecycle-controller");
+        }
         let mut kcm = Command::new(&plane.binaries.kube_controller_manager);
         kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg("--controllers=endpointslice-controller,endpointslice-mirroring-controller,garbage-collector-controller,namespace-controller")
+            .arg(format!("--controllers={controllers}"))
+            .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
             .arg("--leader-elect=false")
             .arg("--secure-port=0")
             .arg("--use-service-account-credentials=false")
@@ -243,6 +343,28 @@ impl ControlPlane {
             &dir.join("kube-controller-manager.log"),
             lifetime,
         )?);
+        if options.nodes {
+            let scheduler = node_build::node_binaries()?.kube_scheduler;
+            if !scheduler.is_file() {
+                bail!(
+                    "{} is not built: run `cargo xtask cluster build --nodes`",
+                    scheduler.display()
+                );
+            }
+            let mut sched = Command::new(scheduler);
+            sched
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .arg("--leader-elect=false")
+                // No metrics or health endpoint to serve: nothing scrapes it.
+                .arg("--secure-port=0");
+            plane.processes_mut().push(ChildProcess::spawn(
+                "kube-scheduler",
+                sched,
+                &dir.join("kube-scheduler.log"),
+                lifetime,
+            )?);
+            plane.names.push("kube-scheduler");
+        }
         plane.state.pids = plane.pids();
         plane.write_state(&plane.state)?;
         Ok(plane)
@@ -265,9 +387,16 @@ impl ControlPlane {
     fn pids(&self) -> Vec<(String, u32)> {
         self.lock()
             .iter()
-            .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
-            .map(|(p, name)| (name.to_owned(), p.pid()))
+            .zip(&self.names)
+            .map(|(p, name)| ((*name).to_owned(), p.pid()))
             .collect()
+    }
+
+    /// Records the nodes started on this control plane in `state.json`, so
+    /// `cluster down` stops them too.
+    pub fn record_nodes(&mut self, nodes: Vec<node::NodeState>) -> anyhow::Result<()> {
+        self.state.nodes = nodes;
+        self.write_state(&self.state)
     }
 
     fn write_state(&self, state: &ClusterState) -> anyhow::Result<()> {

@@ -17,3 +17,15 @@ pub const KUBERNETES_STAGING: &str = "v0.36.3";
 /// etcd release built from `go.etcd.io/etcd/server/v3`; the one the pinned
 /// Kubernetes release's own `go.mod` requires for its etcd client.
 pub const ETCD: &str = "v3.6.8";
+
+/// containerd release (`github.com/containerd/containerd/v2`) a node runs:
+/// Kubernetes 1.36 no longer supports containerd 1.x.
+pub const CONTAINERD: &str = "v2.4.2";
+
+/// runc release (`github.com/opencontainers/runc`) containerd's shim runs.
+/// Debian 12's runc 1.1.5 fails under containerd 2 (`can't get final
+/// child's PID from pipe`).
+pub const RUNC: &str = "v1.5.3";
+
+/// CoreDNS release (`github.com/coredns/coredns`), the cluster DNS.
+pub const COREDNS: &str = "v1.15.0";
