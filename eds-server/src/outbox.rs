@@ -23,6 +23,11 @@
 //! reading keeps only the latest state, which the delta machine diffs
 //! against what it already sent when the client reads again.
 //!
+//! This holds because every state-of-the-world response eds-server sends
+//! carries all the stream's resources of its type (see `xds::sotw`). Should
+//! EDS or RDS responses ever carry only the resources that changed, a newer
+//! response supersedes an older one only when it names the same resources.
+//!
 //! Dropping a queued response is safe for the protocol: the client never
 //! saw its nonce, and the newer response's nonce is the one it will
 //! answer. Order is kept: the newer response is queued after everything
