@@ -108,7 +108,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     } else {
         &args.profile
     });
-    let pause = build_pause(&out)?;
+    eprintln!("==> gcc -static -Os deploy/pause/pause.c");
+    let pause = eds_tests::cluster::node::build_pause(&out)?;
 
     let images = [
         (
@@ -151,29 +152,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("images ready in {:.1?}", started.elapsed());
     Ok(())
-}
-
-/// Compiles `deploy/pause/pause.c` static into `<out>/pause`.
-fn build_pause(out: &Path) -> anyhow::Result<PathBuf> {
-    let source = workspace().join("deploy/pause/pause.c");
-    let binary = out.join("pause");
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    eprintln!("==> gcc -static -Os {}", source.display());
-    let output = Command::new("gcc")
-        .args(["-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .output()
-        .context("running gcc (Debian's gcc and libc6-dev build the pause program)")?;
-    if !output.status.success() {
-        bail!(
-            "gcc failed on {} ({}); a static build needs libc6-dev's libc.a:\n{}",
-            source.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(binary)
 }
 
 /// `ctr images import` of one tarball into the `k8s.io` namespace.

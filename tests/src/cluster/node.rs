@@ -679,9 +679,9 @@ pub fn install_cluster_dns(plane: &ControlPlane, dir: &Path) -> anyhow::Result<(
     }
 }
 
-/// Compiles `deploy/pause/pause.c` static and writes the pause image to
-/// `<out>/pause.tar`; returns its path.
-pub fn build_pause_image(out: &Path) -> anyhow::Result<PathBuf> {
+/// Compiles `deploy/pause/pause.c` static into `<out>/pause`; returns its
+/// path. `cargo xtask image` uses it too.
+pub fn build_pause(out: &Path) -> anyhow::Result<PathBuf> {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/pause/pause.c");
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let binary = out.join("pause");
@@ -699,6 +699,13 @@ pub fn build_pause_image(out: &Path) -> anyhow::Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    Ok(binary)
+}
+
+/// Compiles the pause program ([`build_pause`]) and writes the pause image
+/// to `<out>/pause.tar`; returns its path.
+pub fn build_pause_image(out: &Path) -> anyhow::Result<PathBuf> {
+    let binary = build_pause(out)?;
     let tar = out.join("pause.tar");
     image::write_oci_archive(&image::pause_image(&binary)?, &tar)?;
     Ok(tar)
