@@ -62,7 +62,8 @@ pub struct PodNetwork {
     next: Mutex<u32>,
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
+/// Runs `cmd`; its stdout, or an error naming it with its stderr.
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(

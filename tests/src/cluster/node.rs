@@ -60,6 +60,7 @@ use super::containerd::{self, Containerd, ContainerdConfig};
 use super::node_build::NodeBinaries;
 use super::{ClusterState, ControlPlane, SERVICE_CIDR};
 use crate::image;
+use crate::netns::run;
 use crate::process::{ChildProcess, Lifetime, log_tail};
 
 /// At most this many nodes: each takes one /24 of the pod network above
@@ -158,18 +159,6 @@ const KUBELET_SYSCTLS: [(&str, &str); 6] = [
     ("kernel/keys/root_maxkeys", "1000000"),
     ("kernel/keys/root_maxbytes", "25000000"),
 ];
-
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// The CNI network of node `index`: a bridge in the pod network namespace,
 /// host-local addresses from `pod_cidr` (allocations kept in the node's
