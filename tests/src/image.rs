@@ -37,6 +37,20 @@ use anyhow::{Context, bail, ensure};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// The cargo package and binary selection that builds what the images
+/// hold (`cargo build <these>`): one list, so every caller shares one
+/// feature resolution and one build.
+pub const IMAGE_BINARIES: [&str; 8] = [
+    "-p",
+    "eds-server",
+    "--bin",
+    "eds-server",
+    "-p",
+    "eds-tests",
+    "--bin",
+    "echo-backend",
+];
+
 /// Where the server binary sits in its image (and in `deploy/Dockerfile`).
 pub const EDS_SERVER_PATH: &str = "/usr/local/bin/eds-server";
 /// Where the echo backend sits in its image.

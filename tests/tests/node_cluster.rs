@@ -202,18 +202,8 @@ fn build_eds_server() -> anyhow::Result<PathBuf> {
         .current_dir(workspace())
         // The same packages as `cargo xtask image --profile dev`, so both
         // share one feature resolution and one build.
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            "eds-server",
-            "--bin",
-            "eds-server",
-            "-p",
-            "eds-tests",
-            "--bin",
-            "echo-backend",
-        ])
+        .args(["build", "--locked"])
+        .args(image::IMAGE_BINARIES)
         .status()?;
     ensure!(status.success(), "cargo build -p eds-server failed");
     let target = std::env::var_os("CARGO_TARGET_DIR")

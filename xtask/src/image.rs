@@ -83,20 +83,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(&cargo)
         .current_dir(workspace())
-        .args([
-            "build",
-            "--profile",
-            &args.profile,
-            "--locked",
-            "-p",
-            "eds-server",
-            "--bin",
-            "eds-server",
-            "-p",
-            "eds-tests",
-            "--bin",
-            "echo-backend",
-        ])
+        .args(["build", "--profile", &args.profile, "--locked"])
+        .args(eds_tests::image::IMAGE_BINARIES)
         .status()
         .context("running cargo build")?;
     if !status.success() {

@@ -56,18 +56,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         step("cargo test: real nodes (containerd, runc, kubelet, kube-proxy)");
         // The images hold these binaries; node_cluster builds them too, but
         // building here first keeps that build's output in this log.
-        cargo(&[
-            "build",
-            "--locked",
-            "-p",
-            "eds-server",
-            "--bin",
-            "eds-server",
-            "-p",
-            "eds-tests",
-            "--bin",
-            "echo-backend",
-        ])?;
+        let mut build = vec!["build", "--locked"];
+        build.extend(eds_tests::image::IMAGE_BINARIES);
+        cargo(&build)?;
         cargo(&[
             "test",
             "--locked",
