@@ -104,6 +104,11 @@ pub struct GlobalArgs {
     )]
     pub server_port: String,
 
+    /// Talk to this eds-server pod (one replica) instead of the first ready
+    /// one, for discovery; compare replicas by running a command for each.
+    #[arg(long, global = true, env = "EDSCTL_SERVER_POD", value_name = "POD")]
+    pub server_pod: Option<String>,
+
     /// Use TLS with a bare host:port --server.
     #[arg(long, global = true)]
     pub tls: bool,

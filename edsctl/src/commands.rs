@@ -218,6 +218,7 @@ async fn admin(g: &GlobalArgs) -> Result<AdminClient, Error> {
                     namespace: g.server_namespace.clone(),
                     service: g.server_service.clone(),
                     port: g.server_port.clone(),
+                    pod: g.server_pod.clone(),
                 },
             )
             .await?

@@ -88,6 +88,9 @@ pub struct ServerLocation {
     pub service: String,
     /// Service port, by name or number (`admin` by default).
     pub port: String,
+    /// This pod only (`--server-pod`), to look at one replica; otherwise
+    /// the first ready one by name.
+    pub pod: Option<String>,
 }
 
 /// A pod and port to forward to.
@@ -128,9 +131,11 @@ pub async fn locate(client: &kube::Client, at: &ServerLocation) -> Result<Transp
             source: source.into(),
         })?;
     let backend =
-        pick_backend(&svc, &list.items, &at.port).map_err(|problem| Error::Discovery {
-            tried: format!("{what}, port {}", at.port),
-            problem,
+        pick_backend(&svc, &list.items, &at.port, at.pod.as_deref()).map_err(|problem| {
+            Error::Discovery {
+                tried: format!("{what}, port {}", at.port),
+                problem,
+            }
         })?;
     Ok(Transport::PortForward {
         api: Api::<Pod>::namespaced(client.clone(), ns),
@@ -171,11 +176,13 @@ fn service_port<'a>(svc: &'a Service, wanted: &str) -> Result<&'a ServicePort, S
 
 /// The first ready, non-terminating pod endpoint behind `svc`'s port
 /// `wanted`, in slice and endpoint order sorted by pod name so the choice
-/// is stable. Pure: `Err` says what was found instead.
+/// is stable; with `only`, that pod or an error naming the ready ones.
+/// Pure: `Err` says what was found instead.
 pub fn pick_backend(
     svc: &Service,
     slices: &[EndpointSlice],
     wanted: &str,
+    only: Option<&str>,
 ) -> Result<Backend, String> {
     let port = service_port(svc, wanted)?;
     let name = port.name.clone().unwrap_or_default();
@@ -211,6 +218,23 @@ pub fn pick_backend(
         }
     }
     candidates.sort_by(|a, b| a.pod.cmp(&b.pod));
+    if let Some(only) = only {
+        let ready: Vec<&str> = candidates.iter().map(|b| b.pod.as_str()).collect();
+        return candidates
+            .iter()
+            .find(|b| b.pod == only)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "pod {only:?} is not a ready, non-terminating endpoint with port {wanted:?} (ready: {})",
+                    if ready.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        ready.join(", ")
+                    }
+                )
+            });
+    }
     candidates.into_iter().next().ok_or_else(|| {
         if seen == 0 {
             "the Service has no endpoints: no eds-server pod is running or none matches its selector"
@@ -257,7 +281,7 @@ mod tests {
             {"addresses": ["10.0.0.4"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "eds-d"}},
             {"addresses": ["10.0.0.5"], "targetRef": {"kind": "Pod", "name": "eds-c"}},
         ]));
-        let got = pick_backend(&svc(), &[s], "admin").unwrap();
+        let got = pick_backend(&svc(), std::slice::from_ref(&s), "admin", None).unwrap();
         assert_eq!(
             got,
             Backend {
@@ -271,21 +295,28 @@ mod tests {
                 json!([{"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p"}}]),
             )],
             "18001",
+            None,
         )
         .unwrap();
         assert_eq!(by_number.port, 8001);
+        let chosen =
+            pick_backend(&svc(), std::slice::from_ref(&s), "admin", Some("eds-d")).unwrap();
+        assert_eq!(chosen.pod, "eds-d");
+        let err = pick_backend(&svc(), &[s], "admin", Some("eds-b")).unwrap_err();
+        assert!(err.contains(r#"pod "eds-b" is not a ready"#), "{err}");
+        assert!(err.contains("(ready: eds-c, eds-d)"), "{err}");
     }
 
     #[test]
     fn says_what_it_found_instead() {
-        let err = pick_backend(&svc(), &[], "admin").unwrap_err();
+        let err = pick_backend(&svc(), &[], "admin", None).unwrap_err();
         assert!(err.contains("no endpoints"), "{err}");
-        let err = pick_backend(&svc(), &[], "metrics").unwrap_err();
+        let err = pick_backend(&svc(), &[], "metrics", None).unwrap_err();
         assert!(err.contains("xds (18000), admin (18001)"), "{err}");
         let not_ready = slice(
             json!([{"addresses": ["10.0.0.2"], "conditions": {"ready": false}, "targetRef": {"kind": "Pod", "name": "eds-a"}}]),
         );
-        let err = pick_backend(&svc(), &[not_ready], "admin").unwrap_err();
+        let err = pick_backend(&svc(), &[not_ready], "admin", None).unwrap_err();
         assert!(err.contains("none of its 1 endpoint"), "{err}");
     }
 }

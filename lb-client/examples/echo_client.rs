@@ -57,6 +57,11 @@ struct Args {
     /// Callers sending at the same time, sharing one channel.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
+    /// Pace the requests at this many per second in all (0: as fast as the
+    /// callers go). With `--requests`, it fixes how long a run lasts, for
+    /// keeping traffic flowing while something else happens.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    rate: u64,
     /// The balancing policy; without it, the one the operator annotated on
     /// the Service (`eds.rs/lb-policy`), else P2C.
     #[arg(long, value_parser = parse_policy)]
@@ -151,6 +156,8 @@ async fn main() -> anyhow::Result<()> {
 
     let next = Arc::new(AtomicUsize::new(0));
     let total = usize::try_from(args.requests).context("--requests")?;
+    let start = tokio::time::Instant::now();
+    let rate = args.rate;
     let callers: Vec<_> = (0..args.concurrency)
         .map(|_| {
             let mut echo = EchoClient::new(channel.clone());
@@ -158,7 +165,16 @@ async fn main() -> anyhow::Result<()> {
             let hash_key = args.hash_key.as_deref().map(HashKey::from_str_key);
             tokio::spawn(async move {
                 let mut out = CallerResult::default();
-                while next.fetch_add(1, Ordering::Relaxed) < total {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    if rate > 0 {
+                        // Request i is due i/rate seconds after the start.
+                        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                        tokio::time::sleep_until(start + due).await;
+                    }
                     let mut request = tonic::Request::new(EchoRequest {
                         message: "hello".to_owned(),
                         work_us: 0,

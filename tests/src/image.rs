@@ -521,16 +521,22 @@ fn default_path_env() -> String {
 
 /// The echo backend's image: the same base and user as eds-server's.
 pub fn echo_backend_image(binary: &Path, name: &str) -> anyhow::Result<Image> {
+    app_image(binary, ECHO_BACKEND_PATH, name)
+}
+
+/// Any program of the project (a test client, an example) as a non-root
+/// image on eds-server's base, with `dest` as its entrypoint.
+pub fn app_image(binary: &Path, dest: &str, name: &str) -> anyhow::Result<Image> {
     Ok(Image {
         name: name.to_owned(),
         config: ImageConfig {
             user: NONROOT_USER.into(),
-            entrypoint: vec![ECHO_BACKEND_PATH.into()],
+            entrypoint: vec![dest.into()],
             env: vec![default_path_env()],
             working_dir: "/".into(),
             ..ImageConfig::default()
         },
-        entries: distroless_cc_entries(binary, ECHO_BACKEND_PATH)?,
+        entries: distroless_cc_entries(binary, dest)?,
     })
 }
 

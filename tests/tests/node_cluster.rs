@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use eds_tests::cluster::node::{self, Node};
+use eds_tests::cluster::workload::{
+    apply, cargo_build, cpu_seconds, kubectl, relative, wait_for, workspace,
+};
 use eds_tests::cluster::{ControlPlane, PlaneOptions, node_build};
 use eds_tests::image;
 use eds_tests::process::Lifetime;
@@ -35,57 +38,7 @@ const TAG: &str = "node-cluster-test";
 
 /// Short: containerd's socket path must stay under 108 bytes.
 fn test_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    target.join(format!("eds-nc-{}", std::process::id()))
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn kubectl(plane: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
-    let out = plane.kubectl().args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn apply(plane: &ControlPlane, dir: &Path, name: &str, yaml: &str) -> anyhow::Result<()> {
-    let file = dir.join(name);
-    std::fs::write(&file, yaml)?;
-    kubectl(plane, &["apply", "-f", file.to_str().context("UTF-8")?]).map(drop)
-}
-
-/// Polls `check` every 250 ms until it returns `Some`, or fails after
-/// `timeout` with the last state and `diagnose`'s output.
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> anyhow::Result<Result<T, String>>,
-    diagnose: impl Fn() -> String,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check()? {
-            Ok(v) => return Ok(v),
-            Err(state) if Instant::now() > deadline => {
-                bail!(
-                    "{what}: not after {timeout:?}; last: {state}\n{}",
-                    diagnose()
-                )
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
+    eds_tests::cluster::workload::target_dir().join(format!("eds-nc-{}", std::process::id()))
 }
 
 const ECHO: &str = r#"
@@ -167,48 +120,6 @@ patches:
 "#,
         base = base.display()
     )
-}
-
-/// `to` relative to the directory `from` (both absolute).
-fn relative(from: &Path, to: &Path) -> PathBuf {
-    let from: Vec<_> = from.components().collect();
-    let to: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in common..from.len() {
-        out.push("..");
-    }
-    for c in &to[common..] {
-        out.push(c);
-    }
-    out
-}
-
-fn build_eds_server() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    // `cargo test` gives this process the test package's CARGO_PKG_NAME,
-    // CARGO_MANIFEST_DIR and such; build scripts (ring's) rerun when those
-    // change, so inheriting them would rebuild half the tree each time.
-    for (key, _) in std::env::vars_os() {
-        let key_s = key.to_string_lossy();
-        if (key_s.starts_with("CARGO_") && key_s != "CARGO_HOME" && key_s != "CARGO_TARGET_DIR")
-            || key_s == "OUT_DIR"
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    let status = cmd
-        .current_dir(workspace())
-        // The same packages as `cargo xtask image --profile dev`, so both
-        // share one feature resolution and one build.
-        .args(["build", "--locked"])
-        .args(image::IMAGE_BINARIES)
-        .status()?;
-    ensure!(status.success(), "cargo build -p eds-server failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from);
-    Ok(target.join("debug/eds-server"))
 }
 
 async fn echo_once(addr: String) -> anyhow::Result<proto::echo::EchoReply> {
@@ -375,7 +286,9 @@ fn scenario(plane: &ControlPlane, node: &Node, dir: &Path) -> anyhow::Result<()>
     assert_eq!(in_pod, echo_cluster_ip, "kube-dns's ClusterIP, from a pod");
 
     // eds-server's image as operators install it (the kustomize base).
-    let eds_bin = build_eds_server()?;
+    // The same packages as `cargo xtask image --profile dev`, so both share
+    // one feature resolution and one build.
+    let eds_bin = cargo_build(&image::IMAGE_BINARIES)?.join("eds-server");
     let eds = image::eds_server_image(&eds_bin, &format!("docker.io/eds-rs/eds-server:{TAG}"))?;
     let eds_tar = dir.join("images/eds-server.tar");
     image::write_oci_archive(&eds, &eds_tar)?;
@@ -640,16 +553,4 @@ fn report_cost(plane: &ControlPlane, node: &Node) {
         let cpu = cpu_seconds(pid).unwrap_or(0.0);
         eprintln!("{name}: RSS {} MiB, CPU {cpu:.1} s since start", rss / 1024);
     }
-}
-
-/// utime + stime of a process in seconds, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ, the unit of these fields, is 100 on Linux x86_64 and arm64.
-    Some((utime + stime) / 100.0)
 }

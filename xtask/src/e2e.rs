@@ -11,6 +11,12 @@
 //! but that ServiceAccount's token (there is no kubelet to run the
 //! Deployment itself).
 //!
+//! The node scenarios (`node_image`, `node_cluster`, `node_e2e`) run last,
+//! on real nodes (containerd, runc, kubelet, kube-proxy, CoreDNS, built
+//! once and cached): `node_e2e` installs the Helm chart and runs the
+//! echo backend, lb-client's example, grpc-go and edsctl as an operator and
+//! a service team would. `--scenario node_e2e` runs it alone.
+//!
 //! `--cluster kind` only checks for Docker and kind and says what is
 //! missing; running the scenarios inside a kind cluster is not implemented
 //! here, and it says so rather than pretending.
@@ -24,6 +30,11 @@ use anyhow::{Context, bail};
 
 /// The scenarios, in the order they run: cheap and foundational first.
 const SCENARIOS: [&str; 4] = ["deploy", "eds_server", "lb_client", "demo"];
+
+/// The scenarios on real nodes, after the others: ignored by a plain
+/// `cargo test` (they need root and the node components), so they run with
+/// `--ignored`, one test at a time.
+const NODE_SCENARIOS: [&str; 3] = ["node_image", "node_cluster", "node_e2e"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ClusterKind {
@@ -84,6 +95,12 @@ fn scenarios() -> anyhow::Result<Vec<String>> {
         .collect();
     interop.sort();
     all.extend(interop);
+    all.extend(
+        NODE_SCENARIOS
+            .iter()
+            .filter(|s| dir.join(format!("{s}.rs")).is_file())
+            .map(|s| (*s).to_owned()),
+    );
     Ok(all)
 }
 
@@ -100,7 +117,11 @@ fn local(only: &[String]) -> anyhow::Result<()> {
     eprintln!("==> local control plane binaries (built once from Go modules, then cached)");
     eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
     eds_tests::netns::preflight().context("checking what the pod network needs")?;
-    if names.iter().any(|n| n == "lb_client") {
+    if names.iter().any(|n| NODE_SCENARIOS.contains(&n.as_str())) {
+        eprintln!("==> node components (built once from Go modules, then cached; Debian packages)");
+        eds_tests::cluster::ensure_node_built(true).context("building the node components")?;
+    }
+    if names.iter().any(|n| n == "lb_client" || n == "node_e2e") {
         // A scenario runs lb-client's documented example as a user would;
         // `cargo test -p eds-tests` alone does not build another package's examples.
         eprintln!("==> cargo build -p lb-client --examples");
@@ -124,7 +145,6 @@ fn local(only: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut outcomes = Vec::new();
     for name in &names {
-        eprintln!("\n==> scenario {name}: cargo test -p eds-tests --test {name} -- --nocapture");
         outcomes.push(scenario(name)?);
     }
     eprintln!(
@@ -161,17 +181,22 @@ fn local(only: &[String]) -> anyhow::Result<()> {
 fn scenario(name: &str) -> anyhow::Result<Outcome> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let started = Instant::now();
+    let mut args = vec![
+        "test",
+        "-p",
+        "eds-tests",
+        "--test",
+        name,
+        "--",
+        "--nocapture",
+    ];
+    if NODE_SCENARIOS.contains(&name) {
+        args.extend(["--ignored", "--test-threads=1"]);
+    }
+    eprintln!("\n==> scenario {name}: cargo {}", args.join(" "));
     let mut child = Command::new(&cargo)
         .current_dir(workspace())
-        .args([
-            "test",
-            "-p",
-            "eds-tests",
-            "--test",
-            name,
-            "--",
-            "--nocapture",
-        ])
+        .args(&args)
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {cargo} test --test {name}"))?;

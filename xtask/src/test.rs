@@ -15,13 +15,13 @@ pub(crate) struct Args {
     /// Skip `cargo fmt --check` and clippy (for a quick local loop).
     #[arg(long)]
     no_lint: bool,
-    /// Also build the node components (kubelet, kube-proxy, kube-scheduler,
-    /// containerd, runc, CoreDNS: about an hour cold on 2 cores, seconds
-    /// cached) and run the tests that start real nodes (`node_image`,
-    /// `node_cluster`, ignored in a plain `cargo test`). Needs root and python3
-    /// (node_cluster asks DNS from inside a pod's network namespace with it).
+    /// Skip the real nodes: building the node components (kubelet,
+    /// kube-proxy, kube-scheduler, containerd, runc, CoreDNS: about an hour
+    /// cold on 2 cores, seconds cached) and the tests that start them
+    /// (`node_image`, `node_cluster`, `node_e2e`, ignored in a plain `cargo
+    /// test`). They need root; CI runs them.
     #[arg(long)]
-    nodes: bool,
+    no_nodes: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -31,7 +31,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     ensure_grpcio_venv(true).context("creating the grpcio interop venv")?;
     eds_tests::tools::ensure_helm(true).context("building Helm for the deploy tests")?;
     eds_tests::netns::preflight().context("checking what the pod network needs")?;
-    if args.nodes {
+    if !args.no_nodes {
         step("install: node components (built from Go modules once, then cached; Debian packages)");
         eds_tests::cluster::ensure_node_built(true).context("building the node components")?;
     }
@@ -52,13 +52,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     step("cargo test");
     cargo(&["test", "--workspace", "--locked"])?;
-    if args.nodes {
-        step("cargo test: real nodes (containerd, runc, kubelet, kube-proxy)");
-        // The images hold these binaries; node_cluster builds them too, but
+    if !args.no_nodes {
+        step("cargo test: real nodes (containerd, runc, kubelet, kube-proxy, CoreDNS)");
+        // The images hold these binaries; the tests build them too, but
         // building here first keeps that build's output in this log.
         let mut build = vec!["build", "--locked"];
         build.extend(eds_tests::image::IMAGE_BINARIES);
         cargo(&build)?;
+        cargo(&["build", "--locked", "-p", "lb-client", "--examples"])?;
+        cargo(&["build", "--locked", "-p", "edsctl"])?;
         cargo(&[
             "test",
             "--locked",
@@ -68,6 +70,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             "node_image",
             "--test",
             "node_cluster",
+            "--test",
+            "node_e2e",
             "--",
             "--ignored",
             // One at a time: each starts its own containerd (and the

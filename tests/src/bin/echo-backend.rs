@@ -7,6 +7,9 @@
 //! have something real to react to. Not a load generator and not a benchmark
 //! target of its own.
 //!
+//! It serves the standard gRPC health service (`grpc.health.v1`), so a
+//! pod of it can have a real gRPC readiness probe.
+//!
 //! Misbehaviours for lb-client's drills: `--refuse <mode>` replaces the
 //! gRPC server by a bare HTTP/2 one (the `h2` crate) that processes
 //! nothing: `refused-stream` resets every stream with REFUSED_STREAM,
@@ -258,23 +261,38 @@ async fn main() -> anyhow::Result<()> {
         in_flight: AtomicU32::new(0),
     });
     println!("echo backend {} listening on {listen}", backend.args.pod);
+    // grpc.health.v1 for the kubelet's gRPC readiness probe (and any
+    // client that checks health): the whole server ("") and the echo
+    // service answer SERVING until SIGTERM, NOT_SERVING while draining.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<EchoServer<Shared>>().await;
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(EchoServer::new(Shared(backend)))
         // SIGTERM (what the test harness and the kubelet send) drains too:
         // in-flight requests finish, as a well-behaved gRPC server's do.
-        .serve_with_shutdown(listen, async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+        .serve_with_shutdown(listen, async move {
+            terminated().await;
+            health.set_not_serving::<EchoServer<Shared>>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
         })
         .await
         .with_context(|| format!("serving on {listen}"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

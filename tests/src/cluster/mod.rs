@@ -27,6 +27,7 @@ pub mod node;
 pub mod node_build;
 pub mod pki;
 pub mod versions;
+pub mod workload;
 
 use std::fs;
 use std::net::{Ipv4Addr, TcpListener};

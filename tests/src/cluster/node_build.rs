@@ -62,10 +62,21 @@ use super::versions;
 /// Debian packages needed to build runc with seccomp support.
 pub const BUILD_PACKAGES: &[&str] = &["libseccomp-dev", "pkg-config"];
 
-/// Debian packages a running node needs: kube-proxy's iptables mode and
-/// conntrack cleanup, and the CNI plugins containerd calls (bridge,
-/// host-local, loopback, portmap).
-pub const RUN_PACKAGES: &[&str] = &["iptables", "conntrack", "containernetworking-plugins"];
+/// Debian packages a running node cluster needs, checked on every
+/// [`ensure_node_built`] (a no-op once installed): kube-proxy's iptables
+/// mode and conntrack cleanup, the CNI plugins containerd calls (bridge,
+/// host-local, loopback, portmap), a C compiler and static libc for the
+/// pause program each cluster compiles ([`super::node::build_pause`]), and
+/// python3, with which `node_cluster` asks DNS from inside a pod's network
+/// namespace.
+pub const RUN_PACKAGES: &[&str] = &[
+    "iptables",
+    "conntrack",
+    "containernetworking-plugins",
+    "gcc",
+    "libc6-dev",
+    "python3",
+];
 
 /// Where Debian's `containernetworking-plugins` puts the CNI plugins.
 pub const DEBIAN_CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -167,6 +178,9 @@ pub fn node_binaries() -> anyhow::Result<NodeBinaries> {
 pub fn ensure_node_built(progress: bool) -> anyhow::Result<NodeBinaries> {
     let bins = node_binaries()?;
     if bins.present() {
+        // The binaries are cached; what they run with comes from Debian and
+        // may not be installed on this machine yet.
+        ensure_debian_packages(RUN_PACKAGES, progress)?;
         return Ok(bins);
     }
     let root = cache_dir()?;
