@@ -14,6 +14,8 @@
 //!  tools     Helm, built from its Go module (cached), for the deploy tests
 //!  blackhole a loopback TCP proxy whose connections can go silent (drills)
 //!  image     OCI layout tarballs of the project's images, no Docker or registry
+//!  e2e       the product installed and run on a zoned cluster (local nodes or
+//!            kind): helm, the echo backend, lb-client, grpc-go, edsctl, DNS
 //! ```
 //!
 //! `cargo xtask cluster` drives the same code for people. This crate is
@@ -23,6 +25,7 @@
 pub mod blackhole;
 pub mod cluster;
 pub mod demo;
+pub mod e2e;
 pub mod gobuild;
 pub mod harness;
 pub mod image;

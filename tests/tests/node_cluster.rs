@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use eds_tests::cluster::node::{self, Node};
 use eds_tests::cluster::workload::{
-    apply, cargo_build, cpu_seconds, kubectl, relative, wait_for, workspace,
+    self, apply, cargo_build, cpu_seconds, kubectl, relative, wait_for, workspace,
 };
 use eds_tests::cluster::{ControlPlane, PlaneOptions, node_build};
 use eds_tests::image;
@@ -144,12 +144,7 @@ fn scenario(plane: &ControlPlane, node: &Node, dir: &Path) -> anyhow::Result<()>
     node.containerd().import(&echo_tar)?;
 
     apply(plane, dir, "echo.yaml", &ECHO.replace("TAG", TAG))?;
-    let diagnose = || {
-        let pods = kubectl(plane, &["get", "pods", "-A", "-o", "wide"]).unwrap_or_default();
-        let events = kubectl(plane, &["get", "events", "-A"]).unwrap_or_default();
-        let kubelet = eds_tests::process::log_tail(&node.state().dir.join("kubelet.log"), 30);
-        format!("pods:\n{pods}\nevents:\n{events}\nkubelet:\n{kubelet}")
-    };
+    let diagnose = || workload::diagnosis(plane, &[node]);
     // The Deployment controller, the scheduler, the kubelet and the probe
     // all have to do their part for this.
     wait_for(

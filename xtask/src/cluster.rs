@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use eds_tests::cluster::node::{self, Node};
 use eds_tests::cluster::{self, ClusterState, ControlPlane, PlaneOptions, node_build, versions};
+use eds_tests::e2e;
 use eds_tests::process::Lifetime;
 
 #[derive(Debug, clap::Subcommand)]
@@ -45,6 +46,12 @@ pub(crate) struct UpArgs {
     /// kube-scheduler. 0: process pods only, as the fast tests use.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
     nodes: u8,
+    /// Run the product on the nodes as an operator would (needs `--nodes
+    /// 3`, one node per zone): build the images, load them into each node,
+    /// `helm install` the chart (eds-server, 2 replicas) and the echo
+    /// backend (`demo/echo`, 2 pods per zone). The same steps as the e2e.
+    #[arg(long)]
+    install: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +101,21 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         }
         ClusterCmd::Up(args) => {
             let started = Instant::now();
+            anyhow::ensure!(
+                !args.install || usize::from(args.nodes) == e2e::ZONES.len(),
+                "--install needs --nodes {}: the chart and the echo backend spread over {} zones, one node each",
+                e2e::ZONES.len(),
+                e2e::ZONES.len()
+            );
+            // Built before the cluster starts: a failed build leaves nothing running.
+            let apps = if args.install {
+                eprintln!(
+                    "building eds-server, the echo backend, lb-client's example, edsctl and grpc-go"
+                );
+                Some(e2e::build_binaries()?)
+            } else {
+                None
+            };
             let node_bins = if args.nodes > 0 {
                 let bins = node_build::node_binaries()?;
                 anyhow::ensure!(
@@ -113,7 +135,11 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 },
             )?;
             if let Some(bins) = &node_bins {
-                let images = node::build_node_images(&plane.state().dir.join("images"), bins)?;
+                let image_dir = plane.state().dir.join("images");
+                let mut images = node::build_node_images(&image_dir, bins)?;
+                if let Some(apps) = &apps {
+                    images.extend(e2e::app_images(&image_dir, apps)?);
+                }
                 let mut nodes = Vec::new();
                 for index in 1..=args.nodes {
                     let n = Node::start(&plane, bins, index, &images, Lifetime::Detached)?;
@@ -126,10 +152,24 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                     );
                     nodes.push(n);
                 }
-                let states = nodes.into_iter().map(Node::release).collect();
-                plane.record_nodes(states)?;
                 node::install_cluster_dns(&plane, &plane.state().dir)?;
                 eprintln!("CoreDNS Ready behind kube-dns ({})", node::CLUSTER_DNS_IP);
+                // Recorded first: if installing fails, `cluster down` still
+                // finds every node.
+                let states: Vec<_> = nodes.into_iter().map(Node::release).collect();
+                plane.record_nodes(states.clone())?;
+                if apps.is_some() {
+                    let local = e2e::LocalNodes(states);
+                    let target = e2e::Target {
+                        kubectl: plane.binaries().kubectl.clone(),
+                        helm: eds_tests::tools::ensure_helm(true)?,
+                        kubeconfig: plane.state().kubeconfig.clone(),
+                        work_dir: plane.state().dir.clone(),
+                        nodes: &local,
+                    };
+                    e2e::install_chart(&target)?;
+                    e2e::deploy_echo(&target)?;
+                }
             }
             let kubectl = cluster::build::binaries()?.kubectl;
             let state = plane.release();

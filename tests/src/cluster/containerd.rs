@@ -200,23 +200,7 @@ impl Containerd {
 
     /// Runs `ctr` in the [`K8S_NAMESPACE`] namespace; its stdout on success.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.ctr)
-            .arg("--address")
-            .arg(self.socket())
-            .args(["--namespace", K8S_NAMESPACE])
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", self.ctr.display()))?;
-        if !out.status.success() {
-            bail!(
-                "`ctr {}` failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        ctr_at(&self.ctr, &self.socket(), args)
     }
 
     /// Imports an OCI layout tarball (see [`crate::image`]).
@@ -256,21 +240,32 @@ pub fn stop_detached(ctr: &Path, dir: &Path, pid: u32) {
     unmount_under(dir);
 }
 
+/// Runs `ctr_bin` against the containerd at `socket`, in the
+/// [`K8S_NAMESPACE`] namespace; its stdout on success.
+pub fn ctr_at(ctr_bin: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(ctr_bin)
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", K8S_NAMESPACE])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", ctr_bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`ctr {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Shims outlive containerd: kill and delete every task (pod sandboxes
 /// and containers alike) while containerd can still reach them.
 fn kill_containers(ctr_bin: &Path, socket: &Path) {
-    let ctr = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(ctr_bin)
-            .arg("--address")
-            .arg(socket)
-            .args(["--namespace", K8S_NAMESPACE])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("ctr {args:?} failed");
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let ctr = |args: &[&str]| ctr_at(ctr_bin, socket, args);
     if let Ok(tasks) = ctr(&["tasks", "ls", "--quiet"]) {
         for id in tasks.split_whitespace() {
             let _ = ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);

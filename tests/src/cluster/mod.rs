@@ -496,6 +496,11 @@ impl ControlPlane {
         cmd
     }
 
+    /// The binaries it runs (and the kubectl that talks to it).
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
     /// What `state.json` records.
     pub fn state(&self) -> &ClusterState {
         &self.state

@@ -111,6 +111,15 @@ impl NodeState {
     fn containerd_dir(&self) -> PathBuf {
         self.dir.join("c")
     }
+
+    /// Runs `ctr` against this node's containerd (Kubernetes' namespace).
+    pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        containerd::ctr_at(
+            &self.ctr,
+            &self.containerd_dir().join("containerd.sock"),
+            args,
+        )
+    }
 }
 
 /// After the processes: every mount left under the node's directory, and

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 
 use super::ControlPlane;
-use super::node::Node;
+use super::node::{Node, NodeState};
 
 /// Runs kubectl with `args`; its stdout, or an error with everything it said.
 pub fn kubectl(plane: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
@@ -158,11 +158,11 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// The host pid of a pod's container, from its `containerID`
 /// (`containerd://<id>`) and the node's `ctr tasks ls`.
-pub fn container_pid(node: &Node, container_id: &str) -> anyhow::Result<u32> {
+pub fn container_pid(node: &NodeState, container_id: &str) -> anyhow::Result<u32> {
     let id = container_id
         .strip_prefix("containerd://")
         .with_context(|| format!("{container_id:?} is not a containerd container id"))?;
-    let tasks = node.containerd().ctr(&["tasks", "ls"])?;
+    let tasks = node.ctr(&["tasks", "ls"])?;
     tasks
         .lines()
         .skip(1)
@@ -170,7 +170,7 @@ pub fn container_pid(node: &Node, container_id: &str) -> anyhow::Result<u32> {
             let mut fields = l.split_whitespace();
             (fields.next()? == id).then(|| fields.next()?.parse().ok())?
         })
-        .with_context(|| format!("no task {id} on {}: {tasks}", node.state().name))
+        .with_context(|| format!("no task {id} on {}: {tasks}", node.name))
 }
 
 /// What the kernel enforces on a process: the part of a securityContext a
@@ -191,44 +191,48 @@ pub struct Confinement {
 
 /// Reads [`Confinement`] from `/proc/<pid>/status` and `mountinfo`.
 pub fn confinement(pid: u32) -> anyhow::Result<Confinement> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<&str> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .with_context(|| format!("reading /proc/{pid}/{file}"))
     };
-    let uid_fields: Vec<u32> = field("Uid")?
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let uids: [u32; 4] = uid_fields
-        .try_into()
-        .map_err(|v| anyhow::anyhow!("Uid has not four fields: {v:?}"))?;
-    let cap_eff = u64::from_str_radix(field("CapEff")?, 16)?;
-    let no_new_privs = field("NoNewPrivs")? == "1";
-    let seccomp: u8 = field("Seccomp")?.parse()?;
-    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .with_context(|| format!("reading /proc/{pid}/mountinfo"))?;
-    // Fields: id parent major:minor root mount-point options ...; the last
-    // mount at `/` is the one the process sees.
-    let root_options = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(4) == Some(&"/")).then(|| f.get(5).map(|o| (*o).to_owned()))?
+    Confinement::parse(&read("status")?, &read("mountinfo")?)
+}
+
+impl Confinement {
+    /// From the text of a process's `/proc/<pid>/status` and `mountinfo`.
+    pub fn parse(status: &str, mountinfo: &str) -> anyhow::Result<Self> {
+        let field = |name: &str| -> anyhow::Result<&str> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+                .with_context(|| format!("no {name} in the process status"))
+        };
+        let uid_fields: Vec<u32> = field("Uid")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let uids: [u32; 4] = uid_fields
+            .try_into()
+            .map_err(|v| anyhow::anyhow!("Uid has not four fields: {v:?}"))?;
+        // Fields: id parent major:minor root mount-point options ...; the
+        // last mount at `/` is the one the process sees.
+        let root_options = mountinfo
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(4) == Some(&"/")).then(|| f.get(5).map(|o| (*o).to_owned()))?
+            })
+            .next_back()
+            .context("no / in the process's mountinfo")?;
+        Ok(Confinement {
+            uids,
+            cap_eff: u64::from_str_radix(field("CapEff")?, 16)?,
+            no_new_privs: field("NoNewPrivs")? == "1",
+            seccomp: field("Seccomp")?.parse()?,
+            root_read_only: root_options.split(',').any(|o| o == "ro"),
         })
-        .next_back()
-        .with_context(|| format!("no / in /proc/{pid}/mountinfo"))?;
-    Ok(Confinement {
-        uids,
-        cap_eff,
-        no_new_privs,
-        seccomp,
-        root_read_only: root_options.split(',').any(|o| o == "ro"),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +249,32 @@ mod tests {
             relative(Path::new("/a"), Path::new("/a/x")),
             PathBuf::from("x")
         );
+    }
+
+    #[test]
+    fn parses_a_confined_container() {
+        let status = "Name:\techo\nUid:\t65532\t65532\t65532\t65532\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\n";
+        let mountinfo = "600 500 0:50 / / rw,relatime - overlay overlay rw\n601 600 0:51 / / ro,relatime - overlay overlay rw\n602 601 0:5 / /proc rw - proc proc rw\n";
+        let c = Confinement::parse(status, mountinfo).unwrap();
+        assert_eq!(
+            c,
+            Confinement {
+                uids: [65532; 4],
+                cap_eff: 0,
+                no_new_privs: true,
+                seccomp: 2,
+                root_read_only: true
+            }
+        );
+        let root = status
+            .replace("65532", "0")
+            .replace("0000000000000000", "000001ffffffffff");
+        let c = Confinement::parse(&root, "1 0 0:1 / / rw - ext4 /dev/vda rw\n").unwrap();
+        assert_eq!(
+            (c.uids, c.cap_eff, c.root_read_only),
+            ([0; 4], 0x1ff_ffff_ffff, false)
+        );
+        assert!(Confinement::parse("Name: x\n", mountinfo).is_err());
     }
 
     #[test]
