@@ -20,12 +20,19 @@
 //! 5. a one-pod change published and every CLA encoded again while the
 //!    previous topology and its encodings are still held (streams that
 //!    have not moved on yet): the transient peak of a push;
-//! 6. the previous topology and source dropped: the steady state.
+//! 6. the previous topology and source dropped: the steady state;
+//! 7. 100,000 Pods (one per endpoint, `benches/common/pod.json` as a
+//!    Deployment's pod looks) as the watch holds them, trimmed on arrival,
+//!    and the Index's record of each;
+//! 8. a forced relist: a second full list buffered while the first is held;
+//! 9. the relist applied and the first list dropped. Peak RSS through here
+//!    is the figure issue 24 bounds (300 MiB);
+//! 10. for comparison only: the same Pods held untrimmed, as before.
 //!
 //! What it does not measure: the tokio runtime, tonic, the kube client and
-//! its buffers, per-stream queues, zone-specific encodings (one more cache
-//! entry per zone a client reports), Pods (not watched by default), or
-//! time (see `benches/snapshot.rs`; the durations printed here are single
+//! its buffers (lists come in pages of 500), per-stream queues,
+//! zone-specific encodings (one more cache entry per zone a client
+//! reports), or time (see `benches/snapshot.rs`; the durations printed here are single
 //! runs for orientation only).
 #![allow(unsafe_code)]
 
@@ -37,11 +44,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use eds_server::k8s::index::trim_pod;
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::source::{SnapshotSource, SourceConfig};
 use eds_server::topology::Topology;
 use eds_server::xds::{ClientInfo, Lookup, ResourceSource, ResourceType};
+use k8s_openapi::api::core::v1::Pod;
 
 /// Counts live heap bytes and their peak; forwards everything to `System`.
 struct Counting;
@@ -208,6 +217,60 @@ fn main() {
     let t = Instant::now();
     drop(old_source);
     report.row("6. 1st Topology and encodings dropped", t.elapsed());
+
+    // Pods (watched by default): one per endpoint. The watch keeps every
+    // current object, trimmed on arrival (`trim_pod`), and the Index a
+    // small record per Pod.
+    let template: Pod = serde_json::from_str(include_str!("../benches/common/pod.json"))
+        .expect("benches/common/pod.json is a Pod");
+    let list = |round: usize, trim: bool| -> Vec<Pod> {
+        (0..cluster::ENDPOINTS)
+            .map(|i| {
+                let mut pod = template.clone();
+                pod.metadata.name = Some(format!("pod-{i}"));
+                pod.metadata.namespace = Some(format!("ns-{}", i % 100));
+                pod.metadata.resource_version = Some((round * cluster::ENDPOINTS + i).to_string());
+                if trim {
+                    trim_pod(&mut pod);
+                }
+                pod
+            })
+            .collect()
+    };
+    let t = Instant::now();
+    let held = list(1, true);
+    for pod in &held {
+        index.apply_pod(pod);
+    }
+    report.row(
+        "7. + 100,000 Pods: the watch's trimmed objects and the Index's records",
+        t.elapsed(),
+    );
+
+    let t = Instant::now();
+    let relist = list(2, true);
+    report.row(
+        "8. forced relist: a 2nd full list buffered while the 1st is held",
+        t.elapsed(),
+    );
+    let t = Instant::now();
+    drop(held);
+    index.reset_pods(relist.clone());
+    report.row("9. relist applied, the 1st list dropped", t.elapsed());
+    let (_, peak_kib) = rss();
+
+    // For comparison, after every figure above: what holding the same
+    // Pods untrimmed (as before `trim_pod`) adds.
+    let t = Instant::now();
+    let untrimmed = list(3, false);
+    report.row("10. (comparison) + the same Pods untrimmed", t.elapsed());
+    drop(untrimmed);
+    println!();
+    println!(
+        "Peak RSS through the relist (phases 0 to 9): {:.1} MiB",
+        mib_kib(peak_kib)
+    );
+    drop(relist);
 
     let (_, stats) = index.topology_with_stats();
     println!();

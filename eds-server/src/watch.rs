@@ -140,11 +140,14 @@ where
     }
 }
 
+/// A watch's events, `trim`med before anything holds them (initial lists
+/// and re-lists included), tagged with their source.
 fn tagged<K>(
     api: Api<K>,
     config: watcher::Config,
     source: Source,
     wrap: fn(Event<K>) -> Update,
+    trim: fn(&mut K),
 ) -> BoxStream<'static, Tagged>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -152,10 +155,15 @@ where
 {
     watcher::watcher(api, config)
         .default_backoff()
-        // Managed fields are large and never read; drop them before they are held anywhere.
-        .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
+        .modify(trim)
         .map(move |r| (source, r.map(wrap)))
         .boxed()
+}
+
+/// Managed fields are large and never read: Services and EndpointSlices
+/// keep the rest (the index reads most of it).
+fn drop_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
 }
 
 /// Runs the watchers until `shutdown` fires, publishing topologies and
@@ -185,9 +193,13 @@ pub async fn run(
     let service_watches = service_apis.len();
     let required = service_apis.len() + slice_apis.len();
     for (i, api) in service_apis.into_iter().enumerate() {
-        streams.push(tagged(api, svc_config.clone(), Source::Services(i), |e| {
-            Update::Service(Box::new(e))
-        }));
+        streams.push(tagged(
+            api,
+            svc_config.clone(),
+            Source::Services(i),
+            |e| Update::Service(Box::new(e)),
+            drop_managed_fields,
+        ));
     }
     for (i, api) in slice_apis.into_iter().enumerate() {
         streams.push(tagged(
@@ -195,6 +207,7 @@ pub async fn run(
             watcher::Config::default(),
             Source::Slices(i),
             |e| Update::Slice(Box::new(e)),
+            drop_managed_fields,
         ));
     }
     // One abort handle per running Pod watch; `None` until started.
@@ -205,9 +218,15 @@ pub async fn run(
             .enumerate()
             .map(|(i, api)| {
                 let (handle, registration) = AbortHandle::new_pair();
-                let watch = tagged(api, watcher::Config::default(), Source::Pods(i), |e| {
-                    Update::Pod(Box::new(e))
-                });
+                // Pods are the largest objects watched and the index
+                // reads five fields of them: trimmed on arrival.
+                let watch = tagged(
+                    api,
+                    watcher::Config::default(),
+                    Source::Pods(i),
+                    |e| Update::Pod(Box::new(e)),
+                    crate::k8s::index::trim_pod,
+                );
                 streams.push(Abortable::new(watch, registration).boxed());
                 handle
             })

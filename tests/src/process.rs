@@ -134,12 +134,31 @@ impl ChildProcess {
         pid
     }
 
-    /// SIGTERM to the process group, SIGKILL after `grace`.
+    /// SIGTERM to the process group, SIGKILL after `grace`; returns as
+    /// soon as every process of the group is gone.
+    ///
+    /// The leader is reaped while waiting: an exited but unreaped leader is
+    /// a zombie that still counts as a member of its group, so waiting on
+    /// the group alone would always last the whole grace.
     pub fn stop(&mut self, grace: Duration) {
-        if let Some(mut child) = self.child.take() {
-            stop_group(child.id(), grace);
-            let _ = child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let Ok(pgid) = i32::try_from(child.id()) else {
+            return;
+        };
+        signal(-pgid, libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        let mut reaped = false;
+        while Instant::now() < deadline {
+            reaped = reaped || matches!(child.try_wait(), Ok(Some(_)));
+            if reaped && !signal(-pgid, 0) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        signal(-pgid, libc::SIGKILL);
+        let _ = child.wait();
     }
 }
 

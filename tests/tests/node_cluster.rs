@@ -341,6 +341,20 @@ fn scenario(plane: &ControlPlane, node: &Node, dir: &Path) -> anyhow::Result<()>
         .context("no eds-server pod IP")?
         .parse()?;
     assert_eq!(eds_pod["status"]["containerStatuses"][0]["ready"], true);
+    // The base's securityContext, as the kernel enforces it on the process.
+    let cid = eds_pod["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .context("a container id")?;
+    let c = workload::confinement(workload::container_pid(node.state(), cid)?)?;
+    eprintln!("eds-server from the kustomize base: {c:?}");
+    ensure!(
+        c.uids == [65532; 4]
+            && c.cap_eff == 0
+            && c.no_new_privs
+            && c.seccomp == 2
+            && c.root_read_only,
+        "the kustomize base's securityContext is enforced: {c:?}"
+    );
 
     // Its admin API has the echo endpoint, in the Node's zone, learned
     // through the API with its own ServiceAccount token.

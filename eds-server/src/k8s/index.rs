@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::{self as discovery, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -1137,6 +1137,43 @@ fn parse_pod(pod: &Pod, wanted: &BTreeSet<String>) -> PodRec {
             .as_ref()
             .and_then(system_time),
     }
+}
+
+/// Cuts a watched Pod down to what [`parse_pod`] and the watch machinery
+/// read: name, namespace, uid, resourceVersion (the watcher resumes from
+/// it), labels, the deletion time, and the Ready condition's status and
+/// transition time. Everything else (the spec, other conditions, container
+/// statuses, annotations, owner references, managed fields) goes before the
+/// object is held anywhere, in a relist's buffer as in the store of what
+/// each watch has, so memory grows with the fields used, not with how large
+/// the cluster's pod specs are.
+pub fn trim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        labels: meta.labels.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        ..ObjectMeta::default()
+    };
+    pod.spec = None;
+    let ready = pod
+        .status
+        .take()
+        .and_then(|s| s.conditions)
+        .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+        .map(|c| PodCondition {
+            type_: c.type_,
+            status: c.status,
+            last_transition_time: c.last_transition_time,
+            ..PodCondition::default()
+        });
+    pod.status = ready.map(|c| PodStatus {
+        conditions: Some(vec![c]),
+        ..PodStatus::default()
+    });
 }
 
 /// Kubernetes time to `SystemTime`; `None` only for times `SystemTime`

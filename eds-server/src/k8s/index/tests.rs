@@ -1046,3 +1046,39 @@ fn an_untouched_service_is_shared_between_builds() {
         ["10.244.0.2:9090 HEALTHY"]
     );
 }
+
+/// A Pod as a Deployment's ReplicaSet makes it, with the fields a real API
+/// server fills in (shared with the `scale_rss` example).
+fn realistic_pod() -> Pod {
+    serde_json::from_str(include_str!("../../../benches/common/pod.json")).unwrap()
+}
+
+#[test]
+fn a_trimmed_pod_keeps_everything_the_index_reads_and_little_else() {
+    let full = realistic_pod();
+    let mut trimmed = full.clone();
+    trim_pod(&mut trimmed);
+    for wanted in [
+        BTreeSet::new(),
+        BTreeSet::from(["version".to_owned()]),
+        BTreeSet::from(["app".to_owned(), "absent".to_owned()]),
+    ] {
+        assert_eq!(parse_pod(&trimmed, &wanted), parse_pod(&full, &wanted));
+    }
+    assert_eq!(trimmed.metadata.resource_version.as_deref(), Some("123456"));
+    assert_eq!(trimmed.metadata.uid, full.metadata.uid);
+    let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+    let (before, after) = (size(&full), size(&trimmed));
+    println!("a typical Pod: {before} bytes as JSON, {after} trimmed");
+    assert!(after * 5 < before, "{after} of {before} bytes kept");
+
+    // Deleting: the deletion time survives; a Pod without status stays so.
+    let mut deleting = full.clone();
+    deleting.metadata.deletion_timestamp = Some(k8s_time(1_800_000_000));
+    deleting.status = None;
+    let original = deleting.clone();
+    trim_pod(&mut deleting);
+    assert_eq!(deleting.status, None);
+    let none = BTreeSet::new();
+    assert_eq!(parse_pod(&deleting, &none), parse_pod(&original, &none));
+}
