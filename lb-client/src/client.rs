@@ -238,6 +238,7 @@ impl LbClient {
                 backoff: shared.config.backoff,
                 snapshot_file: shared.config.snapshot_file.clone(),
                 commands,
+                max_message_bytes: shared.config.max_xds_message_bytes,
             };
             shared.track(tokio::spawn(task.run()).abort_handle());
         }

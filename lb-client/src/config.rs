@@ -70,7 +70,15 @@ pub struct LbConfig {
     /// How often slow-start ramps, success-rate ejection and connection
     /// state are folded into the balancers.
     pub refresh_interval: Duration,
+    /// The largest xDS response accepted, in bytes. gRPC's default of
+    /// 4 MiB is less than one Service of tens of thousands of endpoints
+    /// encodes to; a response over the limit would be refused on every
+    /// reconnect. Default 64 MiB.
+    pub max_xds_message_bytes: usize,
 }
+
+/// [`LbConfig::max_xds_message_bytes`]'s default.
+pub const DEFAULT_MAX_XDS_MESSAGE_BYTES: usize = 64 << 20;
 
 impl LbConfig {
     /// A configuration for `control_plane` with the defaults below and the
@@ -111,6 +119,7 @@ impl LbConfig {
             retry: RetryConfig::default(),
             outlier: OutlierConfig::default(),
             refresh_interval: Duration::from_millis(500),
+            max_xds_message_bytes: DEFAULT_MAX_XDS_MESSAGE_BYTES,
         }
     }
 
@@ -138,6 +147,9 @@ impl LbConfig {
             if d.is_zero() {
                 return Err(BuildError::ZeroDuration(name));
             }
+        }
+        if self.max_xds_message_bytes < 4 << 20 {
+            return Err(BuildError::XdsMessageLimit(self.max_xds_message_bytes));
         }
         self.outlier.validate().map_err(BuildError::Outlier)?;
         if !(0.0..=1000.0).contains(&self.retry.ratio) {
@@ -382,6 +394,12 @@ mod tests {
         assert!(
             e.contains("default") && e.contains("panic threshold"),
             "{e}"
+        );
+        let mut c = LbConfig::from_env();
+        c.max_xds_message_bytes = 1 << 20;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "max_xds_message_bytes must be at least 4 MiB (gRPC's default), got 1048576"
         );
         let mut c = LbConfig::from_env();
         c.default_service.max_in_flight_per_endpoint = Some(1);

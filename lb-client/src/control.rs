@@ -69,6 +69,8 @@ pub(crate) struct ControlTask {
     pub(crate) backoff: Backoff,
     pub(crate) snapshot_file: Option<PathBuf>,
     pub(crate) commands: mpsc::UnboundedReceiver<String>,
+    /// The largest response accepted ([`crate::LbConfig::max_xds_message_bytes`]).
+    pub(crate) max_message_bytes: usize,
 }
 
 enum StreamEnd {
@@ -97,7 +99,8 @@ impl ControlTask {
                 Err(e) => StreamEnd::Broken(format!("connecting to {}: {e}", self.endpoint.uri())),
                 Ok(channel) => {
                     self.stream(
-                        AggregatedDiscoveryServiceClient::new(channel),
+                        AggregatedDiscoveryServiceClient::new(channel)
+                            .max_decoding_message_size(self.max_message_bytes),
                         &mut session,
                         &mut saved,
                         &mut failures,

@@ -37,6 +37,9 @@ pub enum BuildError {
     /// A duration that must be positive is zero.
     #[error("{0} must be above zero")]
     ZeroDuration(&'static str),
+    /// The xDS response size limit is below gRPC's own default.
+    #[error("max_xds_message_bytes must be at least 4 MiB (gRPC's default), got {0}")]
+    XdsMessageLimit(usize),
     /// A service's cap on requests in flight per endpoint is zero.
     #[error("service {service}: max_in_flight_per_endpoint must be above zero")]
     ZeroInFlightCap {

@@ -72,7 +72,10 @@ pub use ads::{AdsSession, Update, Verdict};
 pub use channel::{BoxError, LbChannel};
 pub use client::{ClientDebug, LbClient};
 pub use cluster::{ClusterError, ClusterPolicy, parse_cluster};
-pub use config::{Backoff, DnsFallback, HashSource, LbConfig, RetryConfig, ServiceOptions};
+pub use config::{
+    Backoff, DEFAULT_MAX_XDS_MESSAGE_BYTES, DnsFallback, HashSource, LbConfig, RetryConfig,
+    ServiceOptions,
+};
 pub use control::ControlPlaneStatus;
 pub use error::{BuildError, ChannelError, RequestError};
 pub use persist::SnapshotFileError;

@@ -250,3 +250,61 @@ async fn bad_service_keys_are_refused_with_the_reason() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A Service with well over 4 MiB of endpoints: gRPC's default receive
+/// limit would refuse the response, and the client would reconnect and be
+/// refused again, forever. `LbConfig::max_xds_message_bytes` makes the
+/// limit explicit; the whole assignment is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_over_four_mebibytes_is_applied_whole() -> anyhow::Result<()> {
+    // Loopback addresses that nothing is asked of: no eager connects, no
+    // requests. 175,000 endpoints encode to about 5 MiB.
+    let endpoints: Vec<Endpoint> = (0..175_000u32)
+        .map(|i| {
+            let [_, b, c, d] = (i + 1).to_be_bytes();
+            Endpoint::new(SocketAddr::from(([127, b, c, d], 1)))
+        })
+        .collect();
+    let cla = cluster_load_assignment(KEY, &EndpointSet::merge(endpoints), &ClaOptions::default());
+    let big = response("v1", &cla);
+    let size = prost::Message::encoded_len(&big);
+    ensure!(
+        size > 4 << 20,
+        "the response is {size} bytes, not over 4 MiB"
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let control = serve(AggregatedDiscoveryServiceServer::new(Scripted {
+        responses: vec![big],
+        seen: seen.clone(),
+    }))
+    .await?;
+
+    let mut config = LbConfig::new(format!("http://{control}"));
+    config.node_id = "large-test".into();
+    config.eager_connect = false;
+    let client = LbClient::connect(config)?;
+    client.channel(KEY)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let debug = client.debug();
+        if debug.control_plane.acks == 1 {
+            let service = &debug.services[0];
+            ensure!(
+                service.source == Source::ControlPlane && service.usable == 175_000,
+                "every endpoint applied: {service:?}"
+            );
+            println!(
+                "a {:.1} MiB response: 175,000 endpoints applied",
+                size as f64 / f64::from(1 << 20)
+            );
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not applied within 20 s: {:?}; the server saw {} requests",
+            debug.control_plane,
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
