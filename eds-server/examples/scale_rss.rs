@@ -22,12 +22,13 @@
 //!    have not moved on yet): the transient peak of a push;
 //! 6. the previous topology and source dropped: the steady state;
 //! 7. 100,000 Pods (one per endpoint, `benches/common/pod.json` as a
-//!    Deployment's pod looks) as the watch holds them, trimmed on arrival,
-//!    and the Index's record of each;
+//!    Deployment's pod looks) as the watch holds them (`PodFacts`, taken on
+//!    arrival) and the Index's record of each;
 //! 8. a forced relist: a second full list buffered while the first is held;
 //! 9. the relist applied and the first list dropped. Peak RSS through here
 //!    is the figure issue 24 bounds (300 MiB);
-//! 10. for comparison only: the same Pods held untrimmed, as before.
+//! 10. for comparison only: the same Pods held as k8s-openapi objects, as
+//!     the watch held them before.
 //!
 //! What it does not measure: the tokio runtime, tonic, the kube client and
 //! its buffers (lists come in pages of 500), per-stream queues,
@@ -44,7 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use eds_server::k8s::index::trim_pod;
+use eds_server::k8s::index::PodFacts;
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::source::{SnapshotSource, SourceConfig};
@@ -218,53 +219,54 @@ fn main() {
     drop(old_source);
     report.row("6. 1st Topology and encodings dropped", t.elapsed());
 
-    // Pods (watched by default): one per endpoint. The watch keeps every
-    // current object, trimmed on arrival (`trim_pod`), and the Index a
-    // small record per Pod.
+    // Pods (watched by default): one per endpoint. The watch keeps the
+    // facts the index reads of every current Pod (`PodFacts`, taken on
+    // arrival), and the Index a small record per Pod.
     let template: Pod = serde_json::from_str(include_str!("../benches/common/pod.json"))
         .expect("benches/common/pod.json is a Pod");
-    let list = |round: usize, trim: bool| -> Vec<Pod> {
+    let pod = |round: usize, i: usize| -> Pod {
+        let mut pod = template.clone();
+        pod.metadata.name = Some(format!("pod-{i}"));
+        pod.metadata.namespace = Some(format!("ns-{}", i % 100));
+        pod.metadata.resource_version = Some((round * cluster::ENDPOINTS + i).to_string());
+        pod
+    };
+    let facts = |round: usize| -> Vec<PodFacts> {
         (0..cluster::ENDPOINTS)
-            .map(|i| {
-                let mut pod = template.clone();
-                pod.metadata.name = Some(format!("pod-{i}"));
-                pod.metadata.namespace = Some(format!("ns-{}", i % 100));
-                pod.metadata.resource_version = Some((round * cluster::ENDPOINTS + i).to_string());
-                if trim {
-                    trim_pod(&mut pod);
-                }
-                pod
-            })
+            .map(|i| PodFacts::of(&pod(round, i)))
             .collect()
     };
     let t = Instant::now();
-    let held = list(1, true);
-    for pod in &held {
-        index.apply_pod(pod);
+    let held = facts(1);
+    for p in &held {
+        index.apply_pod_facts(p);
     }
     report.row(
-        "7. + 100,000 Pods: the watch's trimmed objects and the Index's records",
+        "7. + 100,000 Pods: the watch's facts and the Index's records",
         t.elapsed(),
     );
 
     let t = Instant::now();
-    let relist = list(2, true);
+    let relist = facts(2);
     report.row(
         "8. forced relist: a 2nd full list buffered while the 1st is held",
         t.elapsed(),
     );
     let t = Instant::now();
     drop(held);
-    index.reset_pods(relist.clone());
+    index.reset_pod_facts(relist.clone());
     report.row("9. relist applied, the 1st list dropped", t.elapsed());
     let (_, peak_kib) = rss();
 
     // For comparison, after every figure above: what holding the same
-    // Pods untrimmed (as before `trim_pod`) adds.
+    // Pods as k8s-openapi objects (as the watch did before) adds.
     let t = Instant::now();
-    let untrimmed = list(3, false);
-    report.row("10. (comparison) + the same Pods untrimmed", t.elapsed());
-    drop(untrimmed);
+    let objects_held: Vec<Pod> = (0..cluster::ENDPOINTS).map(|i| pod(3, i)).collect();
+    report.row(
+        "10. (comparison) + the same Pods as Pod objects",
+        t.elapsed(),
+    );
+    drop(objects_held);
     println!();
     println!(
         "Peak RSS through the relist (phases 0 to 9): {:.1} MiB",

@@ -46,6 +46,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::k8s::index::PodFacts;
 use crate::k8s::{Index, IndexConfig, IndexStats, PublishStats, Publisher, PublisherConfig};
 use crate::metrics::Metrics;
 use crate::topology::{Published, TopologySender};
@@ -79,7 +80,7 @@ enum Source {
 enum Update {
     Service(Box<Event<Service>>),
     Slice(Box<Event<EndpointSlice>>),
-    Pod(Box<Event<Pod>>),
+    Pod(Box<Event<PodFacts>>),
 }
 
 type Tagged = (Source, Result<Update, watcher::Error>);
@@ -140,14 +141,11 @@ where
     }
 }
 
-/// A watch's events, `trim`med before anything holds them (initial lists
-/// and re-lists included), tagged with their source.
 fn tagged<K>(
     api: Api<K>,
     config: watcher::Config,
     source: Source,
     wrap: fn(Event<K>) -> Update,
-    trim: fn(&mut K),
 ) -> BoxStream<'static, Tagged>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -155,15 +153,23 @@ where
 {
     watcher::watcher(api, config)
         .default_backoff()
-        .modify(trim)
+        // Managed fields are large and never read; drop them before they are held anywhere.
+        .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
         .map(move |r| (source, r.map(wrap)))
         .boxed()
 }
 
-/// Managed fields are large and never read: Services and EndpointSlices
-/// keep the rest (the index reads most of it).
-fn drop_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// A Pod event as the facts the index reads: a k8s-openapi `Pod` takes
+/// kilobytes even with its spec dropped (its structs are inline), and the
+/// watch holds one per Pod, twice during a relist.
+fn pod_facts(ev: Event<Pod>) -> Event<PodFacts> {
+    match ev {
+        Event::Init => Event::Init,
+        Event::InitApply(p) => Event::InitApply(PodFacts::of(&p)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(p) => Event::Apply(PodFacts::of(&p)),
+        Event::Delete(p) => Event::Delete(PodFacts::of(&p)),
+    }
 }
 
 /// Runs the watchers until `shutdown` fires, publishing topologies and
@@ -193,13 +199,9 @@ pub async fn run(
     let service_watches = service_apis.len();
     let required = service_apis.len() + slice_apis.len();
     for (i, api) in service_apis.into_iter().enumerate() {
-        streams.push(tagged(
-            api,
-            svc_config.clone(),
-            Source::Services(i),
-            |e| Update::Service(Box::new(e)),
-            drop_managed_fields,
-        ));
+        streams.push(tagged(api, svc_config.clone(), Source::Services(i), |e| {
+            Update::Service(Box::new(e))
+        }));
     }
     for (i, api) in slice_apis.into_iter().enumerate() {
         streams.push(tagged(
@@ -207,7 +209,6 @@ pub async fn run(
             watcher::Config::default(),
             Source::Slices(i),
             |e| Update::Slice(Box::new(e)),
-            drop_managed_fields,
         ));
     }
     // One abort handle per running Pod watch; `None` until started.
@@ -218,15 +219,11 @@ pub async fn run(
             .enumerate()
             .map(|(i, api)| {
                 let (handle, registration) = AbortHandle::new_pair();
-                // Pods are the largest objects watched and the index
-                // reads five fields of them: trimmed on arrival.
-                let watch = tagged(
-                    api,
-                    watcher::Config::default(),
-                    Source::Pods(i),
-                    |e| Update::Pod(Box::new(e)),
-                    crate::k8s::index::trim_pod,
-                );
+                // Pods are the largest objects watched and the index reads
+                // five fields of them: only those are kept, from arrival.
+                let watch = tagged(api, watcher::Config::default(), Source::Pods(i), |e| {
+                    Update::Pod(Box::new(pod_facts(e)))
+                });
                 streams.push(Abortable::new(watch, registration).boxed());
                 handle
             })
@@ -415,7 +412,7 @@ fn pod_watch_action(index: &mut Index, services_listed: bool, running: bool) -> 
 struct Buffers {
     services: Known<Service>,
     slices: Known<EndpointSlice>,
-    pods: Known<Pod>,
+    pods: Known<PodFacts>,
 }
 
 type ObjKey = (String, String);
@@ -434,11 +431,34 @@ impl<K> Default for Known<K> {
     }
 }
 
-fn key_of<K: ResourceExt>(obj: &K) -> ObjKey {
-    (obj.namespace().unwrap_or_default(), obj.name_any())
+/// What identifies a watched object within its watch.
+trait Keyed {
+    fn key(&self) -> ObjKey;
 }
 
-impl<K: ResourceExt + Clone> Known<K> {
+impl Keyed for Service {
+    fn key(&self) -> ObjKey {
+        (self.namespace().unwrap_or_default(), self.name_any())
+    }
+}
+
+impl Keyed for EndpointSlice {
+    fn key(&self) -> ObjKey {
+        (self.namespace().unwrap_or_default(), self.name_any())
+    }
+}
+
+impl Keyed for PodFacts {
+    fn key(&self) -> ObjKey {
+        (self.namespace.clone(), self.name.clone())
+    }
+}
+
+fn key_of<K: Keyed>(obj: &K) -> ObjKey {
+    obj.key()
+}
+
+impl<K: Keyed + Clone> Known<K> {
     /// Applies one event through `apply`/`delete`; returns whether the index changed.
     fn event(
         &mut self,
@@ -528,8 +548,8 @@ impl Buffers {
                 self.pods.event(
                     i,
                     ev,
-                    |p| index.borrow_mut().apply_pod(p),
-                    |p| index.borrow_mut().delete_pod(p),
+                    |p| index.borrow_mut().apply_pod_facts(p),
+                    |p| index.borrow_mut().delete_pod_facts(p),
                 )
             }
             _ => (false, false),

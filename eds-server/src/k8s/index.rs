@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{self as discovery, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -611,10 +611,15 @@ impl Index {
     /// A Pod was created or changed. Only the wanted labels, the Ready
     /// condition's transition time and the deletion time are kept.
     pub fn apply_pod(&mut self, pod: &Pod) -> bool {
-        let Some((ns, name)) = self.object_key(&pod.metadata, "Pod") else {
+        self.apply_pod_facts(&PodFacts::of(pod))
+    }
+
+    /// [`Index::apply_pod`] for facts taken on arrival (what the watch holds).
+    pub fn apply_pod_facts(&mut self, pod: &PodFacts) -> bool {
+        let Some((ns, name)) = self.pod_key(pod) else {
             return false;
         };
-        let mut rec = parse_pod(pod, &self.wanted_labels);
+        let mut rec = pod.rec(&self.wanted_labels);
         let pods = self.pods.entry(ns.clone()).or_default();
         // A Pod's Ready=False usually arrives before the EndpointSlice that
         // withdraws it. Dropping its ready time then would change the still
@@ -636,7 +641,12 @@ impl Index {
 
     /// A Pod was deleted.
     pub fn delete_pod(&mut self, pod: &Pod) -> bool {
-        let Some((ns, name)) = self.object_key(&pod.metadata, "Pod") else {
+        self.delete_pod_facts(&PodFacts::of(pod))
+    }
+
+    /// [`Index::delete_pod`] for facts taken on arrival.
+    pub fn delete_pod_facts(&mut self, pod: &PodFacts) -> bool {
+        let Some((ns, name)) = self.pod_key(pod) else {
             return false;
         };
         let Some(pods) = self.pods.get_mut(&ns) else {
@@ -654,12 +664,17 @@ impl Index {
 
     /// The full list of Pods after a watch (re)start.
     pub fn reset_pods(&mut self, pods: Vec<Pod>) -> bool {
+        self.reset_pod_facts(pods.iter().map(PodFacts::of).collect())
+    }
+
+    /// [`Index::reset_pods`] for facts taken on arrival.
+    pub fn reset_pod_facts(&mut self, pods: Vec<PodFacts>) -> bool {
         let mut fresh: BTreeMap<String, BTreeMap<String, PodRec>> = BTreeMap::new();
         for pod in &pods {
-            let Some((ns, name)) = self.object_key(&pod.metadata, "Pod") else {
+            let Some((ns, name)) = self.pod_key(pod) else {
                 continue;
             };
-            let rec = parse_pod(pod, &self.wanted_labels);
+            let rec = pod.rec(&self.wanted_labels);
             fresh.entry(ns).or_default().insert(name, rec);
         }
         let changed = fresh != self.pods;
@@ -668,6 +683,15 @@ impl Index {
             self.touch_all();
         }
         changed
+    }
+
+    /// A Pod's namespace and name; a Pod without either is counted and ignored.
+    fn pod_key(&mut self, pod: &PodFacts) -> Option<ObjKey> {
+        if pod.namespace.is_empty() || pod.name.is_empty() {
+            self.count(&Ignored::NoName { kind: "Pod" });
+            return None;
+        }
+        Some((pod.namespace.clone(), pod.name.clone()))
     }
 
     fn refresh_wanted_labels(&mut self) {
@@ -1111,69 +1135,61 @@ fn state(c: Option<&discovery::EndpointConditions>) -> (State, bool) {
     }
 }
 
-fn parse_pod(pod: &Pod, wanted: &BTreeSet<String>) -> PodRec {
-    let labels = pod
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .filter(|(k, _)| wanted.contains(*k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let ready_since = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == "True")
-        .and_then(|c| c.last_transition_time.as_ref())
-        .and_then(system_time);
-    PodRec {
-        labels,
-        ready_since,
-        deletion: pod
-            .metadata
-            .deletion_timestamp
-            .as_ref()
-            .and_then(system_time),
-    }
+/// What the index reads of a Pod, taken from it as it arrives: the watch
+/// holds these rather than Pods. A k8s-openapi `Pod` is kilobytes even with
+/// its spec and status dropped (its structs are inline), and the watch
+/// holds one per Pod, two during a relist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    /// `metadata.namespace`; empty when missing (the index ignores such a Pod).
+    pub namespace: String,
+    /// `metadata.name`; empty when missing.
+    pub name: String,
+    /// Every label: which ones the index keeps can change while the watch runs.
+    labels: BTreeMap<String, String>,
+    /// The Ready condition's transition time, when it is True.
+    ready_since: Option<SystemTime>,
+    /// `metadata.deletionTimestamp`.
+    deletion: Option<SystemTime>,
 }
 
-/// Cuts a watched Pod down to what [`parse_pod`] and the watch machinery
-/// read: name, namespace, uid, resourceVersion (the watcher resumes from
-/// it), labels, the deletion time, and the Ready condition's status and
-/// transition time. Everything else (the spec, other conditions, container
-/// statuses, annotations, owner references, managed fields) goes before the
-/// object is held anywhere, in a relist's buffer as in the store of what
-/// each watch has, so memory grows with the fields used, not with how large
-/// the cluster's pod specs are.
-pub fn trim_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        uid: meta.uid.take(),
-        resource_version: meta.resource_version.take(),
-        labels: meta.labels.take(),
-        deletion_timestamp: meta.deletion_timestamp.take(),
-        ..ObjectMeta::default()
-    };
-    pod.spec = None;
-    let ready = pod
-        .status
-        .take()
-        .and_then(|s| s.conditions)
-        .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
-        .map(|c| PodCondition {
-            type_: c.type_,
-            status: c.status,
-            last_transition_time: c.last_transition_time,
-            ..PodCondition::default()
-        });
-    pod.status = ready.map(|c| PodStatus {
-        conditions: Some(vec![c]),
-        ..PodStatus::default()
-    });
+impl PodFacts {
+    /// The facts of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        let ready_since = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .filter(|c| c.status == "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(system_time);
+        PodFacts {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ready_since,
+            deletion: pod
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .and_then(system_time),
+        }
+    }
+
+    /// The record the index keeps: only the `wanted` labels.
+    fn rec(&self, wanted: &BTreeSet<String>) -> PodRec {
+        PodRec {
+            labels: self
+                .labels
+                .iter()
+                .filter(|(k, _)| wanted.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ready_since: self.ready_since,
+            deletion: self.deletion,
+        }
+    }
 }
 
 /// Kubernetes time to `SystemTime`; `None` only for times `SystemTime`

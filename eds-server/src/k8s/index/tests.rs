@@ -1054,31 +1054,58 @@ fn realistic_pod() -> Pod {
 }
 
 #[test]
-fn a_trimmed_pod_keeps_everything_the_index_reads_and_little_else() {
+fn pod_facts_keep_everything_the_index_reads_and_little_else() {
     let full = realistic_pod();
-    let mut trimmed = full.clone();
-    trim_pod(&mut trimmed);
-    for wanted in [
-        BTreeSet::new(),
-        BTreeSet::from(["version".to_owned()]),
-        BTreeSet::from(["app".to_owned(), "absent".to_owned()]),
-    ] {
-        assert_eq!(parse_pod(&trimmed, &wanted), parse_pod(&full, &wanted));
-    }
-    assert_eq!(trimmed.metadata.resource_version.as_deref(), Some("123456"));
-    assert_eq!(trimmed.metadata.uid, full.metadata.uid);
-    let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
-    let (before, after) = (size(&full), size(&trimmed));
-    println!("a typical Pod: {before} bytes as JSON, {after} trimmed");
-    assert!(after * 5 < before, "{after} of {before} bytes kept");
-
-    // Deleting: the deletion time survives; a Pod without status stays so.
+    let facts = PodFacts::of(&full);
+    assert_eq!(
+        (facts.namespace.as_str(), facts.name.as_str()),
+        ("demo", "echo-7d4b9c-x2x4k")
+    );
+    let rec = facts.rec(&BTreeSet::from(["version".to_owned(), "absent".to_owned()]));
+    assert_eq!(
+        rec.labels,
+        BTreeMap::from([("version".to_owned(), "v2".to_owned())])
+    );
+    // Ready since 2026-12-07T10:00:05Z; not being deleted.
+    assert_eq!(
+        rec.ready_since,
+        Some(UNIX_EPOCH + Duration::from_secs(1_796_637_605))
+    );
+    assert_eq!(rec.deletion, None);
     let mut deleting = full.clone();
     deleting.metadata.deletion_timestamp = Some(k8s_time(1_800_000_000));
     deleting.status = None;
-    let original = deleting.clone();
-    trim_pod(&mut deleting);
-    assert_eq!(deleting.status, None);
-    let none = BTreeSet::new();
-    assert_eq!(parse_pod(&deleting, &none), parse_pod(&original, &none));
+    let rec = PodFacts::of(&deleting).rec(&BTreeSet::new());
+    assert_eq!(
+        rec.deletion,
+        Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+    );
+    assert_eq!(rec.ready_since, None);
+
+    // What the watch holds per Pod: the facts against the Pod itself.
+    let held = std::mem::size_of::<PodFacts>()
+        + facts.namespace.len()
+        + facts.name.len()
+        + facts
+            .labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>();
+    let pod = std::mem::size_of::<Pod>() + serde_json::to_vec(&full).unwrap().len();
+    println!(
+        "a typical Pod: {pod} bytes (inline struct + JSON as a proxy for its heap), {held} as facts"
+    );
+    assert!(held * 10 < pod, "{held} of {pod} bytes");
+
+    // Through the index: the same as from the Pod.
+    let mut from_pod = index();
+    let mut from_facts = index();
+    assert!(from_pod.apply_pod(&full));
+    assert!(from_facts.apply_pod_facts(&facts));
+    assert_eq!(from_pod.pods, from_facts.pods);
+    let mut nameless = full.clone();
+    nameless.metadata.name = None;
+    assert!(!from_facts.apply_pod_facts(&PodFacts::of(&nameless)));
+    assert!(from_facts.delete_pod_facts(&facts));
+    assert!(from_facts.pods.is_empty());
 }
