@@ -454,10 +454,6 @@ impl Keyed for PodFacts {
     }
 }
 
-fn key_of<K: Keyed>(obj: &K) -> ObjKey {
-    obj.key()
-}
-
 impl<K: Keyed + Clone> Known<K> {
     /// Applies one event through `apply`/`delete`; returns whether the index changed.
     fn event(
@@ -482,7 +478,7 @@ impl<K: Keyed + Clone> Known<K> {
                     .remove(&i)
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|o| (key_of(&o), o))
+                    .map(|o| (o.key(), o))
                     .collect();
                 let old = self.current.insert(i, BTreeMap::new()).unwrap_or_default();
                 let mut changed = false;
@@ -499,12 +495,12 @@ impl<K: Keyed + Clone> Known<K> {
             }
             Event::Apply(obj) => {
                 let changed = apply(&obj);
-                self.current.entry(i).or_default().insert(key_of(&obj), obj);
+                self.current.entry(i).or_default().insert(obj.key(), obj);
                 (changed, false)
             }
             Event::Delete(obj) => {
                 let changed = delete(&obj);
-                self.current.entry(i).or_default().remove(&key_of(&obj));
+                self.current.entry(i).or_default().remove(&obj.key());
                 (changed, false)
             }
         }

@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
-use crate::cluster::workload::{Confinement, cargo_build, wait_for, workspace};
+use crate::cluster::workload::{
+    Confinement, cargo_build, pods_and_events, run_kubectl, wait_for, workspace,
+};
 use crate::image;
 
 /// The tag of every image built here.
@@ -146,20 +148,9 @@ pub struct Target<'a> {
 impl Target<'_> {
     /// kubectl with `args`; stdout, or an error with all it said.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.kubectl)
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(args)
-            .output()
-            .context("running kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        run_kubectl(cmd, args)
     }
 
     fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
@@ -178,13 +169,7 @@ impl Target<'_> {
 
     /// Pods and events: what to print when something does not come up.
     pub fn diagnose(&self) -> String {
-        let pods = self
-            .kubectl(&["get", "pods", "-A", "-o", "wide"])
-            .unwrap_or_else(|e| e.to_string());
-        let events = self
-            .kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"])
-            .unwrap_or_else(|e| e.to_string());
-        format!("pods:\n{pods}\nevents:\n{events}")
+        pods_and_events(|args| self.kubectl(args))
     }
 
     fn pods(&self, ns: &str, selector: &str) -> anyhow::Result<Vec<Value>> {
@@ -346,9 +331,11 @@ spec:
     )
 }
 
-/// A pod running lb-client's example once, in `zone` (pinned there by the
-/// node label, told by `EDS_ZONE`), its JSON report on stdout.
-fn client_pod(name: &str, zone: &str, requests: u64, rate: u64) -> String {
+/// A pod that runs `image` once in `zone` (pinned there by the node label),
+/// confined as the chart's pods are. `container` is the rest of its
+/// container (args, env, mounts) and `spec` the rest of its spec (volumes),
+/// as YAML lines at their indentation.
+fn run_once_pod(name: &str, zone: &str, image: &str, container: &str, spec: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -363,19 +350,28 @@ spec:
     seccompProfile: {{ type: RuntimeDefault }}
   containers:
     - name: client
-      image: {CLIENT_IMAGE}
+      image: {image}
       imagePullPolicy: Never
-      args: ["--service=echo.demo:8080", "--requests={requests}", "--rate={rate}",
-             "--concurrency=4", "--wait-secs=30", "--output=json"]
-      env:
-        - {{ name: EDS_XDS_SERVER, value: "http://{XDS_SERVICE}" }}
-        - {{ name: EDS_ZONE, value: {zone} }}
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
         capabilities: {{ drop: ["ALL"] }}
-"#
+{container}{spec}"#
     )
+}
+
+/// lb-client's example run once in `zone` (told by `EDS_ZONE`), its JSON
+/// report on stdout.
+fn client_pod(name: &str, zone: &str, requests: u64, rate: u64) -> String {
+    let container = format!(
+        r#"      args: ["--service=echo.demo:8080", "--requests={requests}", "--rate={rate}",
+             "--concurrency=4", "--wait-secs=30", "--output=json"]
+      env:
+        - {{ name: EDS_XDS_SERVER, value: "http://{XDS_SERVICE}" }}
+        - {{ name: EDS_ZONE, value: {zone} }}
+"#
+    );
+    run_once_pod(name, zone, CLIENT_IMAGE, &container, "")
 }
 
 /// The grpc-go interop client as a pod: its bootstrap from a ConfigMap,
@@ -383,6 +379,16 @@ spec:
 fn grpc_go_manifest(zone: &str, count: u32) -> anyhow::Result<String> {
     let bootstrap = crate::interop::grpc_bootstrap(XDS_SERVICE, "grpc-go-pod", Some(zone));
     let bootstrap = serde_json::to_string(&bootstrap)?;
+    let container = format!(
+        r#"      args: ["--target=echo.demo:8080", "--count={count}", "--rate=50"]
+      env:
+        - {{ name: GRPC_XDS_BOOTSTRAP, value: /etc/xds/bootstrap.json }}
+      volumeMounts:
+        - {{ name: bootstrap, mountPath: /etc/xds, readOnly: true }}
+"#
+    );
+    let volumes =
+        "  volumes:\n    - name: bootstrap\n      configMap: { name: grpc-go-bootstrap }\n";
     Ok(format!(
         r#"
 apiVersion: v1
@@ -390,34 +396,8 @@ kind: ConfigMap
 metadata: {{ name: grpc-go-bootstrap, namespace: demo }}
 data:
   bootstrap.json: '{bootstrap}'
----
-apiVersion: v1
-kind: Pod
-metadata: {{ name: grpc-go, namespace: demo }}
-spec:
-  restartPolicy: Never
-  automountServiceAccountToken: false
-  nodeSelector: {{ topology.kubernetes.io/zone: {zone} }}
-  securityContext:
-    runAsNonRoot: true
-    seccompProfile: {{ type: RuntimeDefault }}
-  containers:
-    - name: client
-      image: {GRPC_GO_IMAGE}
-      imagePullPolicy: Never
-      args: ["--target=echo.demo:8080", "--count={count}", "--rate=50"]
-      env:
-        - {{ name: GRPC_XDS_BOOTSTRAP, value: /etc/xds/bootstrap.json }}
-      volumeMounts:
-        - {{ name: bootstrap, mountPath: /etc/xds, readOnly: true }}
-      securityContext:
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        capabilities: {{ drop: ["ALL"] }}
-  volumes:
-    - name: bootstrap
-      configMap: {{ name: grpc-go-bootstrap }}
-"#
+---{}"#,
+        run_once_pod("grpc-go", zone, GRPC_GO_IMAGE, &container, volumes)
     ))
 }
 
@@ -922,6 +902,35 @@ mod tests {
         assert_eq!((r.requests, r.ok, r.failed), (2, 2, 0));
         assert_eq!(r.by_pod["p"].replies, 2);
         assert!(report("Failed", "no report here\n").is_err());
+    }
+
+    #[test]
+    fn client_pods_render_as_confined_one_shot_pods() {
+        let pod: Value =
+            serde_saphyr::from_str(&client_pod("c", "zone-b", 10, 5)).expect("valid YAML");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(
+            pod["spec"]["nodeSelector"]["topology.kubernetes.io/zone"],
+            "zone-b"
+        );
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["args"][2], "--rate=5");
+        assert_eq!(c["env"][1]["value"], "zone-b");
+        let docs = grpc_go_manifest("zone-a", 3).unwrap();
+        let (config_map, pod) = docs.split_once("\n---").expect("two documents");
+        let config_map: Value = serde_saphyr::from_str(config_map).expect("valid YAML");
+        let bootstrap: Value =
+            serde_json::from_str(config_map["data"]["bootstrap.json"].as_str().unwrap()).unwrap();
+        assert_eq!(bootstrap["node"]["locality"]["zone"], "zone-a");
+        let pod: Value = serde_saphyr::from_str(pod).expect("valid YAML");
+        assert_eq!(
+            pod["spec"]["volumes"][0]["configMap"]["name"],
+            "grpc-go-bootstrap"
+        );
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/xds");
+        assert_eq!(c["capabilities"], Value::Null);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
     }
 
     #[test]

@@ -18,11 +18,13 @@ use super::node::{Node, NodeState};
 
 /// Runs kubectl with `args`; its stdout, or an error with everything it said.
 pub fn kubectl(plane: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
-    let out = plane
-        .kubectl()
-        .args(args)
-        .output()
-        .context("running kubectl")?;
+    run_kubectl(plane.kubectl(), args)
+}
+
+/// Runs `cmd` (a kubectl with its kubeconfig set) with `args`; its stdout,
+/// or an error with everything it said.
+pub fn run_kubectl(mut cmd: Command, args: &[&str]) -> anyhow::Result<String> {
+    let out = cmd.args(args).output().context("running kubectl")?;
     if !out.status.success() {
         bail!(
             "kubectl {} failed: {}{}",
@@ -32,14 +34,6 @@ pub fn kubectl(plane: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// kubectl with `-o json`, parsed.
-pub fn kubectl_json(plane: &ControlPlane, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = kubectl(plane, &all)?;
-    serde_json::from_str(&out).with_context(|| format!("kubectl {} -o json", args.join(" ")))
 }
 
 /// Writes `yaml` to `dir/name` and `kubectl apply`s it.
@@ -76,14 +70,18 @@ pub fn wait_for<T>(
     }
 }
 
-/// Pods, events and the tail of every node's kubelet log: what to print
-/// when a workload does not come up.
-pub fn diagnosis(plane: &ControlPlane, nodes: &[&Node]) -> String {
-    let pods =
-        kubectl(plane, &["get", "pods", "-A", "-o", "wide"]).unwrap_or_else(|e| e.to_string());
-    let events = kubectl(plane, &["get", "events", "-A", "--sort-by=.lastTimestamp"])
+/// Every pod and event, through `kubectl`: what to print when a workload
+/// does not come up.
+pub fn pods_and_events(kubectl: impl Fn(&[&str]) -> anyhow::Result<String>) -> String {
+    let pods = kubectl(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_else(|e| e.to_string());
+    let events = kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"])
         .unwrap_or_else(|e| e.to_string());
-    let mut out = format!("pods:\n{pods}\nevents:\n{events}");
+    format!("pods:\n{pods}\nevents:\n{events}")
+}
+
+/// [`pods_and_events`] and the tail of every node's kubelet log.
+pub fn diagnosis(plane: &ControlPlane, nodes: &[&Node]) -> String {
+    let mut out = pods_and_events(|args| kubectl(plane, args));
     for node in nodes {
         let log = crate::process::log_tail(&node.state().dir.join("kubelet.log"), 20);
         out.push_str(&format!("\n{} kubelet:\n{log}", node.state().name));
