@@ -672,6 +672,25 @@ mod tests {
         }
     }
 
+    /// An ADS stream to `addr`: the request sender and the responses.
+    async fn open_ads(
+        addr: SocketAddr,
+    ) -> (
+        mpsc::Sender<DiscoveryRequest>,
+        tonic::Streaming<proto::xds::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+    ) {
+        let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (requests, rx) = mpsc::channel(8);
+        let responses = ads
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (requests, responses)
+    }
+
     async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         for _ in 0..500 {
             if check() {
@@ -863,15 +882,7 @@ mod tests {
         server
             .topology
             .send_replace(Some(Published::now(large_topology(2000, 0))));
-        let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.addr))
-            .await
-            .unwrap();
-        let (requests, rx) = mpsc::channel(8);
-        let mut responses = ads
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (requests, mut responses) = open_ads(server.addr).await;
         requests.send(eds_request("", "")).await.unwrap();
         let first = responses.message().await.unwrap().unwrap();
         let size = prost::Message::encoded_len(&first);
@@ -1057,15 +1068,7 @@ mod tests {
     async fn pushes_are_measured_and_csds_reports_what_the_client_acked() {
         let server = start().await;
         let url = format!("http://{}", server.addr);
-        let mut ads = AggregatedDiscoveryServiceClient::connect(url.clone())
-            .await
-            .unwrap();
-        let (requests, rx) = mpsc::channel(8);
-        let mut responses = ads
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (requests, mut responses) = open_ads(server.addr).await;
         requests.send(eds_request("", "")).await.unwrap();
         // Not ready yet: nothing is sent until the first publish.
         let clients = Arc::clone(&server.clients);
@@ -1182,15 +1185,7 @@ mod tests {
         server
             .topology
             .send_replace(Some(Published::now(topology(1))));
-        let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.addr))
-            .await
-            .unwrap();
-        let (requests, rx) = mpsc::channel(8);
-        let mut responses = ads
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (requests, mut responses) = open_ads(server.addr).await;
         requests.send(eds_request("", "")).await.unwrap();
         let first = responses.message().await.unwrap().unwrap();
         server
