@@ -5,8 +5,9 @@
 //! ```text
 //!  stream task --send(resp)--> [ queued responses ... ] --poll_recv--> WireBody
 //!                   │
-//!                   ├─ a queued response of the same kind exists and the new
-//!                   │  one supersedes it: it is dropped, the new one queued last
+//!                   ├─ queued responses the new one supersedes lose what it
+//!                   │  replaces; emptied ones are dropped; the new one is
+//!                   │  queued last
 //!                   ├─ room left: queued
 //!                   └─ full: the task waits until the body takes one
 //!  finish(status) --> the stream's last item, after every queued response
@@ -23,10 +24,13 @@
 //! reading keeps only the latest state, which the delta machine diffs
 //! against what it already sent when the client reads again.
 //!
-//! This holds because every state-of-the-world response eds-server sends
-//! carries all the stream's resources of its type (see `xds::sotw`). Should
-//! EDS or RDS responses ever carry only the resources that changed, a newer
-//! response supersedes an older one only when it names the same resources.
+//! An LDS or CDS response carries all the stream's resources of its type,
+//! so a newer one drops an older one whole. An EDS or RDS response may
+//! carry only the resources that changed (see `xds::sotw`), so a newer one
+//! strips from an older one the resources it carries again, and the older
+//! one is dropped only once nothing is left in it. Either way each resource
+//! is queued at most once per type, so what an unread stream holds is
+//! bounded by its subscription, not by the number of changes.
 //!
 //! Dropping a queued response is safe for the protocol: the client never
 //! saw its nonce, and the newer response's nonce is the one it will
@@ -43,11 +47,12 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 use tonic::Status;
 
-/// A response that may make an older queued one pointless.
+/// A response that may make an older queued one, or part of it, pointless.
 pub trait Supersede {
-    /// Whether this response, queued after `older` which was never sent,
-    /// makes `older` pointless to send.
-    fn supersedes(&self, older: &Self) -> bool;
+    /// Removes from `older`, queued before this response and never sent,
+    /// what this response replaces; true if nothing worth sending is left
+    /// of it.
+    fn supersede(&self, older: &mut Self) -> bool;
 }
 
 /// A new outbox holding at most `capacity` responses (at least one).
@@ -136,10 +141,9 @@ impl<T: Supersede> Sender<T> {
                 let Some(new) = response.take() else {
                     return Ok(());
                 };
-                if let Some(i) = state.queue.iter().position(|old| new.supersedes(old)) {
-                    state.queue.remove(i);
-                    state.superseded += 1;
-                }
+                let before = state.queue.len();
+                state.queue.retain_mut(|old| !new.supersede(old));
+                state.superseded += (before - state.queue.len()) as u64;
                 if state.queue.len() < self.shared.capacity {
                     state.queue.push_back(new);
                     if let Some(waker) = state.waker.take() {
@@ -267,7 +271,7 @@ mod tests {
     struct R(u8, u32);
 
     impl Supersede for R {
-        fn supersedes(&self, older: &Self) -> bool {
+        fn supersede(&self, older: &mut Self) -> bool {
             self.0 != 0 && self.0 == older.0
         }
     }

@@ -356,17 +356,29 @@ impl Machine for DeltaStream {
     }
 }
 
-/// A state-of-the-world response is the whole state of its type for the
-/// stream: a newer one of the same type makes an unsent older one pointless.
+/// An LDS or CDS response is the whole state of its type for the stream: a
+/// newer one makes an unsent older one pointless. An EDS or RDS response
+/// may carry only what changed (see `xds::sotw`), so a newer one replaces
+/// only the resources it carries again; the older one still goes out with
+/// the rest, and is dropped once nothing is left in it.
 impl Supersede for SotwResponse {
-    fn supersedes(&self, older: &Self) -> bool {
-        self.type_url == older.type_url
+    fn supersede(&self, older: &mut Self) -> bool {
+        if self.type_url != older.type_url {
+            return false;
+        }
+        if ResourceType::from_type_url(&self.type_url).is_none_or(|ty| ty.allows_wildcard()) {
+            return true;
+        }
+        let newer: std::collections::HashSet<&str> =
+            self.resources.iter().map(|r| r.name()).collect();
+        older.resources.retain(|r| !newer.contains(r.name()));
+        older.resources.is_empty()
     }
 }
 
 /// A delta response is an increment: none replaces another.
 impl Supersede for DeltaResponse {
-    fn supersedes(&self, _older: &Self) -> bool {
+    fn supersede(&self, _older: &mut Self) -> bool {
         false
     }
 }
@@ -582,7 +594,7 @@ mod tests {
     //! The glue in process: a real tonic server on loopback, a published
     //! topology, a plain ADS client, and CSDS reading the same registry.
 
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
     use lb_core::{Endpoint, EndpointSet, ServiceKey, Snapshot};
@@ -866,6 +878,166 @@ mod tests {
             snapshot: Snapshot::new([(key, set)]),
             services: BTreeMap::from([(("demo".into(), "echo".into()), meta)]),
         })
+    }
+
+    /// `count` Services `svc-N.demo:8080` of `per_service` endpoints each;
+    /// the first endpoint of `svc-0` listens on `9000 + generation`.
+    fn many_services(count: u8, per_service: u16, generation: u16) -> Arc<Topology> {
+        let mut sets = Vec::new();
+        let mut services = BTreeMap::new();
+        for s in 0..count {
+            let key: ServiceKey = format!("svc-{s}.demo:8080").parse().unwrap();
+            let endpoints = (0..per_service)
+                .map(|i| {
+                    let port = if s == 0 && i == 0 {
+                        9000 + generation
+                    } else {
+                        9090
+                    };
+                    Endpoint::new(SocketAddr::from((
+                        [10, s, (i / 250) as u8, (i % 250) as u8 + 1],
+                        port,
+                    )))
+                    .with_zone(format!("zone-{}", i % 3))
+                })
+                .collect();
+            sets.push((key, EndpointSet::merge(endpoints)));
+            let meta = ServiceMeta {
+                ports: vec![ServicePort {
+                    name: Some("grpc".into()),
+                    port: 8080,
+                }],
+                annotations: BTreeMap::new(),
+            };
+            services.insert(("demo".into(), format!("svc-{s}")), meta);
+        }
+        Arc::new(Topology {
+            snapshot: Snapshot::new(sets),
+            services,
+        })
+    }
+
+    /// Hardening drill (issue 24, item 7): a stock client with gRPC's
+    /// default 4 MiB receive limit subscribes to more than 4 MiB of
+    /// ClusterLoadAssignments. Before, they came as one response the client
+    /// refused ("decoded message length too large"), and it would reconnect
+    /// only to refuse it again; now they come in parts within the limit,
+    /// and a later one-endpoint change carries only its own assignment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_over_the_default_grpc_limit_arrives_in_parts() {
+        const SERVICES: u8 = 35;
+        const DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
+        let server = start().await;
+        server
+            .topology
+            .send_replace(Some(Published::now(many_services(SERVICES, 2500, 0))));
+        let names: Vec<String> = (0..SERVICES)
+            .map(|s| format!("svc-{s}.demo:8080"))
+            .collect();
+        let request = |nonce: &str, version: &str| DiscoveryRequest {
+            type_url: EDS.type_url().into(),
+            resource_names: names.clone(),
+            response_nonce: nonce.into(),
+            version_info: version.into(),
+            node: Some(Node {
+                id: "client-1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // tonic's generated client keeps gRPC's default receive limit.
+        let (requests, mut responses) = open_ads(server.addr).await;
+        requests.send(request("", "")).await.unwrap();
+        let mut held = BTreeSet::new();
+        let (mut parts, mut total) = (0, 0);
+        while held.len() < names.len() {
+            let r = tokio::time::timeout(Duration::from_secs(10), responses.message())
+                .await
+                .expect("the assignments stopped coming")
+                .expect("the client refused a response")
+                .expect("the stream ended");
+            let size = prost::Message::encoded_len(&r);
+            assert!(size < DEFAULT_LIMIT, "{size}");
+            parts += 1;
+            total += size;
+            for res in &r.resources {
+                let cla = <proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(res.value.as_slice()).unwrap();
+                held.insert(cla.cluster_name);
+            }
+            requests
+                .send(request(&r.nonce, &r.version_info))
+                .await
+                .unwrap();
+        }
+        eprintln!(
+            "{} assignments, {total} bytes, in {parts} responses",
+            held.len()
+        );
+        assert!(
+            total > DEFAULT_LIMIT,
+            "the drill must exceed the limit: {total}"
+        );
+
+        server
+            .topology
+            .send_replace(Some(Published::now(many_services(SERVICES, 2500, 1))));
+        let r = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .expect("the change never came")
+            .unwrap()
+            .unwrap();
+        let carried: Vec<String> = r
+            .resources
+            .iter()
+            .map(|res| {
+                <proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(res.value.as_slice())
+                    .unwrap()
+                    .cluster_name
+            })
+            .collect();
+        assert_eq!(
+            carried,
+            ["svc-0.demo:8080"],
+            "only the changed assignment travels"
+        );
+        drop(requests);
+    }
+
+    #[test]
+    fn a_newer_eds_part_strips_what_it_carries_from_an_unsent_older_one() {
+        use crate::xds::{Resource, ResourceVersion};
+        let cds = ResourceType::Cluster.type_url();
+        let res = |ty: &str, name: &str, v: &str| {
+            let body = proto::xds::pb::google::protobuf::Any {
+                type_url: ty.into(),
+                value: vec![],
+            };
+            Arc::new(Resource::new(name, ResourceVersion::new(v), body))
+        };
+        let response = |ty: &str, resources: &[(&str, &str)]| SotwResponse {
+            version_info: "v".into(),
+            resources: resources.iter().map(|(n, v)| res(ty, n, v)).collect(),
+            type_url: ty.into(),
+            nonce: "1".into(),
+        };
+        let names = |r: &SotwResponse| {
+            r.resources
+                .iter()
+                .map(|r| r.name().to_owned())
+                .collect::<Vec<_>>()
+        };
+
+        let mut older = response(EDS.type_url(), &[("a", "1"), ("b", "1")]);
+        assert!(!response(EDS.type_url(), &[("b", "2")]).supersede(&mut older));
+        assert_eq!(names(&older), ["a"], "a still has to go out");
+        assert!(
+            !response(cds, &[("a", "2")]).supersede(&mut older),
+            "another type"
+        );
+        assert!(response(EDS.type_url(), &[("a", "2")]).supersede(&mut older));
+        // A CDS response is complete: even one carrying less replaces it.
+        let mut older = response(cds, &[("a", "1"), ("b", "1")]);
+        assert!(response(cds, &[]).supersede(&mut older));
     }
 
     /// Hardening drill (issue 24, item 6): a subscriber that stops reading

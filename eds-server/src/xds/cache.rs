@@ -181,6 +181,14 @@ impl Resource {
         &self.type_url
     }
 
+    /// The size of the resource inside a response (its `Any`), in bytes:
+    /// what response splitting adds up.
+    pub fn encoded_len(&self) -> usize {
+        // Tag and length prefixes of the Any and its two fields.
+        let framing = 3 * (1 + prost::length_delimiter_len(self.value.len()));
+        self.type_url.len() + self.value.len() + framing
+    }
+
     /// The encoded message (`Any.value`), shared.
     pub fn value(&self) -> &Bytes {
         &self.value

@@ -32,15 +32,21 @@
 //!   unsubscribes from everything ("Unsubscribing From Resources"). EDS and
 //!   RDS are always by name; an empty list means there is nothing to send.
 //! - **Content** ("Grouping Resources into Responses", "Knowing When a
-//!   Requested Resource Does Not Exist"): a response carries every
-//!   subscribed resource that exists. For LDS/CDS that is required (absence
-//!   means deletion); for EDS/RDS it is allowed and keeps `version_info` a
-//!   function of the whole subscription. Resources that do not exist are
-//!   omitted and the client's does-not-exist timer decides. EDS/RDS
-//!   responses with nothing in them are not sent: for those types an empty
-//!   response is a no-op ("Deleting Resources").
-//! - **`version_info`** is a hash of the `(name, version)` pairs sent, so two
-//!   replicas agree, and a change of subscription changes it.
+//!   Requested Resource Does Not Exist"): an LDS/CDS response carries every
+//!   subscribed resource that exists (absence means deletion). An EDS/RDS
+//!   response carries every one when an answer is owed, and otherwise only
+//!   those the client does not hold at their current version: the client
+//!   keeps the others, so a change costs what it changed, and a service too
+//!   large for one response never traps a client with a 4 MiB receive
+//!   limit in a reconnect loop. Such a change is split into responses of at
+//!   most [`CHUNK_BYTES`] each. Resources that do not exist are omitted and
+//!   the client's does-not-exist timer decides. EDS/RDS responses with
+//!   nothing in them are not sent: for those types an empty response is a
+//!   no-op ("Deleting Resources").
+//! - **`version_info`** is a hash of the `(name, version)` pairs the client
+//!   holds once the response is applied (the whole subscription, for the
+//!   last part of a split change), so two replicas agree, and a change of
+//!   subscription changes it.
 //! - **When to respond** ("When to send an update"): only when that content
 //!   differs from the last response, or when an answer is owed: the first
 //!   request for a type; an LDS/CDS request naming something new even if its
@@ -87,7 +93,7 @@ use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use super::wire::SotwResponse;
 use tracing::{debug, warn};
 
-use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
+use super::cache::{ClientInfo, Lookup, Resource, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 use super::{
     NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, content_version,
@@ -129,6 +135,9 @@ struct TypeState {
 struct Sent {
     nonce: String,
     version_info: String,
+    /// What the client holds once it applied this response (and, for EDS
+    /// and RDS, the ones before it): every resource of an LDS/CDS response;
+    /// for EDS/RDS, what decides which resources the next change carries.
     resources: BTreeMap<String, ResourceVersion>,
 }
 
@@ -197,6 +206,14 @@ impl TypeState {
             (wildcard, names.into_iter().filter(|n| n != "*").collect())
         };
         let added = (wildcard && !self.wildcard) || names.difference(&self.names).next().is_some();
+        if !is_full_state(ty)
+            && let Some(sent) = &mut self.last_sent
+        {
+            // An EDS/RDS response may carry only what changed, so what the
+            // client holds decides what is sent; a name it unsubscribed
+            // from is gone at the client and is sent whole if asked again.
+            sent.resources.retain(|name, _| names.contains(name));
+        }
         self.wildcard = wildcard;
         self.names = names;
         added
@@ -398,7 +415,8 @@ impl SotwStream {
             return;
         };
         let previous = st.last_sent.as_ref().map(|s| s.version_info.clone());
-        let Some(response) = respond(ty, st, source, &id.client, nonces) else {
+        let responses = respond(ty, st, source, &id.client, nonces);
+        let Some(response) = responses.last() else {
             return;
         };
         // Envoy re-warms a cluster whose definition changed and waits for
@@ -410,7 +428,7 @@ impl SotwStream {
         {
             eds.needs_answer = true;
         }
-        out.push(response);
+        out.extend(responses);
     }
 }
 
@@ -441,30 +459,56 @@ fn view<S: ResourceSource + ?Sized>(
     Some(view)
 }
 
-/// The response for `ty` if one is due, recording it as sent.
+/// The largest EDS or RDS response sent when a change can be split: a
+/// quarter of gRPC's default 4 MiB receive limit, so that grpc-go,
+/// grpc-java and grpcio with default settings accept every response of
+/// those types whatever the size of the subscription, with room for a
+/// resource that is itself large. A single resource is never split.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The responses for `ty` if one is due (several when an EDS or RDS change
+/// is larger than [`CHUNK_BYTES`]), recording what the client now holds.
+///
+/// LDS and CDS responses carry everything (absence means deletion). An
+/// EDS or RDS response carries everything when an answer is owed (a first
+/// request, a cluster re-warming) and otherwise only the resources the
+/// client does not hold at their current version: the protocol lets the
+/// client keep the others ("Grouping Resources into Responses"), and a
+/// one-endpoint change in one of many large services then costs one
+/// ClusterLoadAssignment on the wire, not all of them.
 fn respond<S: ResourceSource + ?Sized>(
     ty: ResourceType,
     st: &mut TypeState,
     source: &S,
     client: &ClientInfo,
     nonces: &mut NonceSeq,
-) -> Option<SotwResponse> {
+) -> Vec<SotwResponse> {
     if !st.wildcard && st.names.is_empty() {
         // Nothing subscribed (an EDS request without names, or everything
         // unsubscribed): the client expects nothing.
-        return None;
+        return Vec::new();
     }
-    let view = view(ty, st, source, client)?;
-    if !is_full_state(ty) && view.is_empty() {
-        return None;
+    let Some(view) = view(ty, st, source, client) else {
+        return Vec::new();
+    };
+    let full = is_full_state(ty);
+    if !full && view.is_empty() {
+        return Vec::new();
     }
     let version_info = content_version(view.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    let changed = st
-        .last_sent
-        .as_ref()
-        .is_none_or(|s| s.version_info != version_info);
+    // Whether the client holds something else than the view; not a version
+    // comparison, because an EDS/RDS deletion changes what the client holds
+    // without a response (see below).
+    let changed = st.last_sent.as_ref().is_none_or(|s| {
+        s.resources.len() != view.len()
+            || !s
+                .resources
+                .iter()
+                .zip(&view)
+                .all(|((n, v), (name, version))| n == name && v == version)
+    });
     if !changed && !st.needs_answer {
-        return None;
+        return Vec::new();
     }
     if st.nacked_version.as_deref() == Some(version_info.as_str()) {
         debug!(
@@ -473,32 +517,91 @@ fn respond<S: ResourceSource + ?Sized>(
             version = %version_info,
             "not resending a version the client rejected"
         );
-        return None;
+        return Vec::new();
     }
 
-    let mut resources = Vec::with_capacity(view.len());
-    let mut sent = BTreeMap::new();
-    for (name, _) in view {
-        // version_of and get agree on one snapshot (ResourceSource contract).
-        if let Lookup::Found(res) = source.get(ty, &name, client) {
-            resources.push(Arc::clone(&res));
-            sent.insert(name, res.version().clone());
+    let held = match &st.last_sent {
+        Some(sent) if !full && !st.needs_answer => Some(&sent.resources),
+        _ => None,
+    };
+    // What the client holds once these responses are applied: first what
+    // it keeps, then each response's resources.
+    let mut holds = BTreeMap::new();
+    let mut carried = Vec::new();
+    for (name, version) in view {
+        if held.and_then(|h| h.get(&name)) == Some(&version) {
+            holds.insert(name, version);
+        } else if let Lookup::Found(res) = source.get(ty, &name, client) {
+            // version_of and get agree on one snapshot (ResourceSource
+            // contract).
+            carried.push(res);
         }
     }
-    let (_, nonce) = nonces.next();
-    st.last_sent = Some(Sent {
-        nonce: nonce.clone(),
-        version_info: version_info.clone(),
-        resources: sent,
+    if carried.is_empty() && !full {
+        // Only deletions: an EDS/RDS response without resources changes
+        // nothing at the client, so none is sent; a later re-creation is
+        // sent because the client no longer holds it.
+        if let Some(sent) = &mut st.last_sent {
+            sent.resources = holds;
+        }
+        return Vec::new();
+    }
+
+    let chunks = if full {
+        vec![carried]
+    } else {
+        chunked(carried, CHUNK_BYTES)
+    };
+    let last = chunks.len() - 1;
+    let mut out = Vec::with_capacity(chunks.len());
+    for (i, resources) in chunks.into_iter().enumerate() {
+        for res in &resources {
+            holds.insert(res.name().to_owned(), res.version().clone());
+        }
+        // Each part names what the client holds after applying it; the last
+        // one is the version of the whole view.
+        let version = if i == last {
+            version_info.clone()
+        } else {
+            content_version(holds.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        };
+        let (_, nonce) = nonces.next();
+        st.counters.responses += 1;
+        out.push(SotwResponse {
+            version_info: version,
+            resources,
+            type_url: ty.type_url().to_owned(),
+            nonce,
+        });
+    }
+    st.last_sent = out.last().map(|r| Sent {
+        nonce: r.nonce.clone(),
+        version_info,
+        resources: holds,
     });
     st.needs_answer = false;
-    st.counters.responses += 1;
-    Some(SotwResponse {
-        version_info,
-        resources,
-        type_url: ty.type_url().to_owned(),
-        nonce,
-    })
+    out
+}
+
+/// Splits `resources` into runs whose encoded size stays within `limit`,
+/// keeping their order; a resource larger than `limit` travels alone.
+fn chunked(resources: Vec<Arc<Resource>>, limit: usize) -> Vec<Vec<Arc<Resource>>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for res in resources {
+        let len = res.encoded_len();
+        if !current.is_empty() && size + len > limit {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(res);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
 }
 
 fn nack_record(
@@ -594,6 +697,138 @@ mod tests {
         assert_eq!(r.version_info.len(), 16);
         assert_eq!(s.client().node_id, "pod-1");
         assert_eq!(s.client().zone.as_deref(), Some("zone-a"));
+    }
+
+    #[test]
+    fn an_eds_change_carries_only_the_assignments_that_changed() {
+        let names = ["a.demo:80", "b.demo:80", "c.demo:80"];
+        let mut src = source(&[
+            (EDS, names[0], "1"),
+            (EDS, names[1], "1"),
+            (EDS, names[2], "1"),
+        ]);
+        let mut s = ads();
+        let first = subscribe_and_ack(&mut s, &src, EDS, &names);
+        assert_eq!(bodies(&first).len(), 3, "a first answer carries everything");
+
+        src.insert(EDS, "b.demo:80", "2", b"b.demo:80@2");
+        let r = one(s.on_update(&src));
+        assert_eq!(bodies(&r), ["b.demo:80@2"], "only what changed travels");
+        // The version is the whole subscription's, as a fresh stream that
+        // received everything would report it.
+        let fresh = one(ask(&mut ads(), &src, req(EDS).names(names)));
+        assert_eq!(bodies(&fresh).len(), 3);
+        assert_eq!(r.version_info, fresh.version_info);
+        let eds = s.stats().of(EDS).cloned().unwrap();
+        assert_eq!(eds.sent_resources.len(), 3, "the client holds all three");
+
+        // A re-warming cluster is owed its assignment whatever changed.
+        src.insert(CDS, "b.demo:80", "2", b"cluster b");
+        subscribe_and_ack(&mut s, &src, CDS, &["b.demo:80"]);
+        src.insert(CDS, "b.demo:80", "3", b"cluster b, new policy");
+        let out = s.on_update(&src);
+        assert_eq!(out.len(), 2, "CDS, then the owed EDS: {out:?}");
+        assert_eq!(bodies(&out[1]).len(), 3);
+    }
+
+    #[test]
+    fn a_name_unsubscribed_then_asked_again_is_sent_again() {
+        let src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        subscribe_and_ack(&mut s, &src, EDS, &["a.demo:80", "b.demo:80"]);
+        // Dropping a name leaves nothing new to send.
+        assert!(ask(&mut s, &src, req(EDS).names(["a.demo:80"])).is_empty());
+        let r = one(ask(
+            &mut s,
+            &src,
+            req(EDS).names(["a.demo:80", "b.demo:80"]),
+        ));
+        assert_eq!(bodies(&r), ["b.demo:80@1"]);
+    }
+
+    #[test]
+    fn a_deleted_assignment_sends_nothing_and_its_return_is_sent() {
+        let mut src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
+        let mut s = ads();
+        subscribe_and_ack(&mut s, &src, EDS, &["a.demo:80", "b.demo:80"]);
+        src.remove(EDS, "b.demo:80");
+        assert!(
+            s.on_update(&src).is_empty(),
+            "an empty EDS response is a no-op"
+        );
+        src.insert(EDS, "b.demo:80", "1", b"b.demo:80@1");
+        assert_eq!(bodies(&one(s.on_update(&src))), ["b.demo:80@1"]);
+    }
+
+    #[test]
+    fn a_change_larger_than_a_chunk_is_split_into_responses_within_it() {
+        let big = vec![b'x'; 400 * 1024];
+        let names: Vec<String> = (0..5).map(|i| format!("svc-{i}.demo:80")).collect();
+        let mut src = MemorySource::new();
+        for name in &names {
+            src.insert(EDS, name, "1", &big);
+        }
+        let mut s = ads();
+        let out = s
+            .handle_request(
+                req(EDS).names(names.iter().map(String::as_str)).into(),
+                &src,
+                t(0),
+            )
+            .unwrap();
+        let sizes: Vec<usize> = out
+            .iter()
+            .map(|r| r.resources.iter().map(|r| r.encoded_len()).sum())
+            .collect();
+        assert_eq!(out.len(), 3, "2 + 2 + 1 resources of 400 KiB: {sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES), "{sizes:?}");
+        let carried: Vec<&str> = out
+            .iter()
+            .flat_map(|r| r.resources.iter().map(|r| r.name()))
+            .collect();
+        assert_eq!(
+            carried,
+            names.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        let versions: BTreeSet<&str> = out.iter().map(|r| r.version_info.as_str()).collect();
+        assert_eq!(
+            versions.len(),
+            3,
+            "each part names what the client then holds"
+        );
+        // The last part's version is the whole subscription's; an ACK of it
+        // settles the stream, ACKs of earlier parts are stale.
+        let last = out.last().unwrap();
+        for r in &out {
+            let ack = req(EDS)
+                .names(names.iter().map(String::as_str))
+                .nonce(&r.nonce)
+                .version(&r.version_info);
+            assert!(ask(&mut s, &src, ack).is_empty());
+        }
+        let eds = s.stats().of(EDS).cloned().unwrap();
+        assert_eq!(
+            eds.acked_version.as_deref(),
+            Some(last.version_info.as_str())
+        );
+        assert_eq!(eds.acked_resources.len(), 5);
+        assert_eq!(eds.pending_nonce, None);
+        assert_eq!(eds.counters.stale, 2);
+    }
+
+    #[test]
+    fn cds_is_never_split() {
+        let big = vec![b'x'; 400 * 1024];
+        let mut src = MemorySource::new();
+        for i in 0..5 {
+            src.insert(CDS, &format!("svc-{i}.demo:80"), "1", &big);
+        }
+        let r = one(ask(&mut ads(), &src, req(CDS)));
+        assert_eq!(
+            r.resources.len(),
+            5,
+            "absence from a CDS response means deletion"
+        );
     }
 
     #[test]
@@ -693,7 +928,7 @@ mod tests {
     }
 
     #[test]
-    fn subscribing_to_another_name_is_answered_with_both() {
+    fn subscribing_to_another_name_is_answered_with_it_alone() {
         let src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
         let mut s = ads();
         let r1 = subscribe_and_ack(&mut s, &src, EDS, &["a.demo:80"]);
@@ -705,23 +940,26 @@ mod tests {
                 .nonce(&r1.nonce)
                 .version(&r1.version_info),
         ));
-        assert_eq!(bodies(&r2), ["a.demo:80@1", "b.demo:80@1"]);
+        // The client keeps a (EDS responses need not be complete).
+        assert_eq!(bodies(&r2), ["b.demo:80@1"]);
+        let eds = s.stats().of(EDS).cloned().unwrap();
+        assert_eq!(eds.sent_resources.len(), 2);
     }
 
     #[test]
-    fn unsubscribing_sends_the_smaller_set_then_nothing_for_it() {
+    fn unsubscribing_sends_nothing_then_nothing_for_it() {
         let mut src = source(&[(EDS, "a.demo:80", "1"), (EDS, "b.demo:80", "1")]);
         let mut s = ads();
         let r1 = subscribe_and_ack(&mut s, &src, EDS, &["a.demo:80", "b.demo:80"]);
-        let r2 = one(ask(
+        let out = ask(
             &mut s,
             &src,
             req(EDS)
                 .names(["a.demo:80"])
                 .nonce(&r1.nonce)
                 .version(&r1.version_info),
-        ));
-        assert_eq!(bodies(&r2), ["a.demo:80@1"]);
+        );
+        assert!(out.is_empty(), "the client keeps a, and drops b itself");
         src.insert(EDS, "b.demo:80", "2", b"b.demo:80@2");
         assert!(s.on_update(&src).is_empty(), "b is no longer subscribed");
         assert_eq!(s.stats().of(EDS).unwrap().subscribed, ["a.demo:80"]);
@@ -862,7 +1100,8 @@ mod tests {
             .nonce(&r1.nonce)
             .version(&r1.version_info);
         let r3 = one(ask(&mut s, &src, crossing));
-        assert_eq!(bodies(&r3), ["a.demo:80@2", "b.demo:80@1"]);
+        // a@2 is on its way in r2, which the client reads first.
+        assert_eq!(bodies(&r3), ["b.demo:80@1"]);
         assert_ne!(r3.nonce, r2.nonce);
         let stats = s.stats();
         let eds = stats.of(EDS).unwrap();
