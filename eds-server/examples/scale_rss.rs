@@ -22,13 +22,16 @@
 //!    have not moved on yet): the transient peak of a push;
 //! 6. the previous topology and source dropped: the steady state;
 //! 7. 100,000 Pods (one per endpoint, `benches/common/pod.json` as a
-//!    Deployment's pod looks) as the watch holds them (`PodFacts`, taken on
-//!    arrival) and the Index's record of each;
-//! 8. a forced relist: a second full list buffered while the first is held;
-//! 9. the relist applied and the first list dropped. Peak RSS through here
-//!    is the figure issue 24 bounds (300 MiB);
-//! 10. for comparison only: the same Pods held as k8s-openapi objects, as
-//!     the watch held them before.
+//!    Deployment's pod looks) listed as the watch lists them: each reduced
+//!    to `PodFacts` on arrival and applied, only its key kept (`Listing`),
+//!    and the Index's record of each;
+//! 8. a forced re-list: every Pod again, applied as it arrives;
+//! 9. for comparison only: the same Pods held as k8s-openapi objects, as
+//!    the watch held them before.
+//!
+//! This process also holds phase 1's raw objects throughout, which the
+//! server does not: `cargo xtask bench scale` (eds-bench's `scale`) gives
+//! the server's own peak, the figure issue 24 bounds at 300 MiB.
 //!
 //! What it does not measure: the tokio runtime, tonic, the kube client and
 //! its buffers (lists come in pages of 500), per-stream queues,
@@ -46,12 +49,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use eds_server::k8s::index::PodFacts;
+use eds_server::k8s::listing::Listing;
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::source::{SnapshotSource, SourceConfig};
 use eds_server::topology::Topology;
 use eds_server::xds::{ClientInfo, Lookup, ResourceSource, ResourceType};
 use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::Event;
 
 /// Counts live heap bytes and their peak; forwards everything to `System`.
 struct Counting;
@@ -219,9 +224,9 @@ fn main() {
     drop(old_source);
     report.row("6. 1st Topology and encodings dropped", t.elapsed());
 
-    // Pods (watched by default): one per endpoint. The watch keeps the
-    // facts the index reads of every current Pod (`PodFacts`, taken on
-    // arrival), and the Index a small record per Pod.
+    // Pods: one per endpoint. The watch reduces each to `PodFacts` on
+    // arrival, applies it and keeps its key (`Listing`); the Index keeps a
+    // small record per Pod.
     let template: Pod = serde_json::from_str(include_str!("../benches/common/pod.json"))
         .expect("benches/common/pod.json is a Pod");
     let pod = |round: usize, i: usize| -> Pod {
@@ -231,31 +236,36 @@ fn main() {
         pod.metadata.resource_version = Some((round * cluster::ENDPOINTS + i).to_string());
         pod
     };
-    let facts = |round: usize| -> Vec<PodFacts> {
-        (0..cluster::ENDPOINTS)
-            .map(|i| PodFacts::of(&pod(round, i)))
-            .collect()
+    let mut keys = Listing::default();
+    let mut list = |round: usize, index: &mut Index| {
+        let index = std::cell::RefCell::new(index);
+        let mut event = |ev| {
+            keys.event(
+                0,
+                ev,
+                |p: &PodFacts| index.borrow_mut().apply_pod_facts(p),
+                |k| index.borrow_mut().delete_pod_key(k),
+            );
+        };
+        event(Event::Init);
+        for i in 0..cluster::ENDPOINTS {
+            event(Event::InitApply(PodFacts::of(&pod(round, i))));
+        }
+        event(Event::InitDone);
     };
     let t = Instant::now();
-    let held = facts(1);
-    for p in &held {
-        index.apply_pod_facts(p);
-    }
+    list(1, &mut index);
     report.row(
-        "7. + 100,000 Pods: the watch's facts and the Index's records",
+        "7. + 100,000 Pods: the watch's keys and the Index's records",
         t.elapsed(),
     );
 
     let t = Instant::now();
-    let relist = facts(2);
+    list(2, &mut index);
     report.row(
-        "8. forced relist: a 2nd full list buffered while the 1st is held",
+        "8. forced re-list: every Pod again, applied as it arrives",
         t.elapsed(),
     );
-    let t = Instant::now();
-    drop(held);
-    index.reset_pod_facts(relist.clone());
-    report.row("9. relist applied, the 1st list dropped", t.elapsed());
     let (_, peak_kib) = rss();
 
     // For comparison, after every figure above: what holding the same
@@ -263,16 +273,15 @@ fn main() {
     let t = Instant::now();
     let objects_held: Vec<Pod> = (0..cluster::ENDPOINTS).map(|i| pod(3, i)).collect();
     report.row(
-        "10. (comparison) + the same Pods as Pod objects",
+        "9. (comparison) + the same Pods as Pod objects",
         t.elapsed(),
     );
     drop(objects_held);
     println!();
     println!(
-        "Peak RSS through the relist (phases 0 to 9): {:.1} MiB",
+        "Peak RSS through the re-list (phases 0 to 8): {:.1} MiB",
         mib_kib(peak_kib)
     );
-    drop(relist);
 
     let (_, stats) = index.topology_with_stats();
     println!();

@@ -2,7 +2,7 @@
 //! watchers in, published topologies out.
 //!
 //! ```text
-//!  watcher(Service)        ─┐  Init / InitApply* / InitDone -> reset_*
+//!  watcher(Service)        ─┐  Init / InitApply* / InitDone (k8s::listing)
 //!  watcher(EndpointSlice)  ─┼─> Index ──on_change──> Publisher ──poll at deadline──> TopologySender
 //!  watcher(Pod, optional)  ─┘  Apply / Delete           (coalesce, mass-drop guard)     (Published:
 //!    started once the Services are listed,                                              topology,
@@ -31,7 +31,7 @@
 //! arrived and publishes that time with the topology, for the propagation
 //! latency metrics of [`crate::serve`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -41,12 +41,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::k8s::index::PodFacts;
+use crate::k8s::listing::{Listing, Outcome};
 use crate::k8s::{Index, IndexConfig, IndexStats, PublishStats, Publisher, PublisherConfig};
 use crate::metrics::Metrics;
 use crate::topology::{Published, TopologySender};
@@ -404,107 +405,14 @@ fn pod_watch_action(index: &mut Index, services_listed: bool, running: bool) -> 
     }
 }
 
-/// Objects of an initial list (or a re-list after a watch restart), held
-/// until `InitDone`, and what each watch currently has, so a re-list can
-/// delete what vanished while the watch was down without touching the
-/// objects of other namespaces' watches.
+/// What each watch currently has, by key (see [`crate::k8s::listing`]): a
+/// re-list deletes what vanished while the watch was down without touching
+/// the objects of other namespaces' watches.
 #[derive(Default)]
 struct Buffers {
-    services: Known<Service>,
-    slices: Known<EndpointSlice>,
-    pods: Known<PodFacts>,
-}
-
-type ObjKey = (String, String);
-
-struct Known<K> {
-    listing: BTreeMap<usize, Vec<K>>,
-    current: BTreeMap<usize, BTreeMap<ObjKey, K>>,
-}
-
-impl<K> Default for Known<K> {
-    fn default() -> Self {
-        Self {
-            listing: BTreeMap::new(),
-            current: BTreeMap::new(),
-        }
-    }
-}
-
-/// What identifies a watched object within its watch.
-trait Keyed {
-    fn key(&self) -> ObjKey;
-}
-
-impl Keyed for Service {
-    fn key(&self) -> ObjKey {
-        (self.namespace().unwrap_or_default(), self.name_any())
-    }
-}
-
-impl Keyed for EndpointSlice {
-    fn key(&self) -> ObjKey {
-        (self.namespace().unwrap_or_default(), self.name_any())
-    }
-}
-
-impl Keyed for PodFacts {
-    fn key(&self) -> ObjKey {
-        (self.namespace.clone(), self.name.clone())
-    }
-}
-
-impl<K: Keyed + Clone> Known<K> {
-    /// Applies one event through `apply`/`delete`; returns whether the index changed.
-    fn event(
-        &mut self,
-        i: usize,
-        ev: Event<K>,
-        mut apply: impl FnMut(&K) -> bool,
-        mut delete: impl FnMut(&K) -> bool,
-    ) -> (bool, bool) {
-        match ev {
-            Event::Init => {
-                self.listing.insert(i, Vec::new());
-                (false, false)
-            }
-            Event::InitApply(obj) => {
-                self.listing.entry(i).or_default().push(obj);
-                (false, false)
-            }
-            Event::InitDone => {
-                let fresh: BTreeMap<ObjKey, K> = self
-                    .listing
-                    .remove(&i)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|o| (o.key(), o))
-                    .collect();
-                let old = self.current.insert(i, BTreeMap::new()).unwrap_or_default();
-                let mut changed = false;
-                for (key, obj) in &old {
-                    if !fresh.contains_key(key) {
-                        changed |= delete(obj);
-                    }
-                }
-                for obj in fresh.values() {
-                    changed |= apply(obj);
-                }
-                self.current.insert(i, fresh);
-                (changed, true)
-            }
-            Event::Apply(obj) => {
-                let changed = apply(&obj);
-                self.current.entry(i).or_default().insert(obj.key(), obj);
-                (changed, false)
-            }
-            Event::Delete(obj) => {
-                let changed = delete(&obj);
-                self.current.entry(i).or_default().remove(&obj.key());
-                (changed, false)
-            }
-        }
-    }
+    services: Listing,
+    slices: Listing,
+    pods: Listing,
 }
 
 impl Buffers {
@@ -517,43 +425,33 @@ impl Buffers {
         now: SystemTime,
         synced: &mut BTreeSet<Source>,
     ) -> bool {
-        let (changed, done) = match (source, update) {
-            (Source::Services(i), Update::Service(ev)) => {
-                let ev = *ev;
-                let index = std::cell::RefCell::new(index);
-                self.services.event(
-                    i,
-                    ev,
-                    |s| index.borrow_mut().apply_service(s),
-                    |s| index.borrow_mut().delete_service(s),
-                )
-            }
-            (Source::Slices(i), Update::Slice(ev)) => {
-                let ev = *ev;
-                let index = std::cell::RefCell::new(index);
-                self.slices.event(
-                    i,
-                    ev,
-                    |s| index.borrow_mut().apply_slice(s, now),
-                    |s| index.borrow_mut().delete_slice(s, now),
-                )
-            }
-            (Source::Pods(i), Update::Pod(ev)) => {
-                let ev = *ev;
-                let index = std::cell::RefCell::new(index);
-                self.pods.event(
-                    i,
-                    ev,
-                    |p| index.borrow_mut().apply_pod_facts(p),
-                    |p| index.borrow_mut().delete_pod_facts(p),
-                )
-            }
-            _ => (false, false),
+        // Both closures borrow the index; only one runs at a time.
+        let index = std::cell::RefCell::new(index);
+        let outcome = match (source, update) {
+            (Source::Services(i), Update::Service(ev)) => self.services.event(
+                i,
+                *ev,
+                |s| index.borrow_mut().apply_service(s),
+                |k| index.borrow_mut().delete_service_key(k),
+            ),
+            (Source::Slices(i), Update::Slice(ev)) => self.slices.event(
+                i,
+                *ev,
+                |s| index.borrow_mut().apply_slice(s, now),
+                |k| index.borrow_mut().delete_slice_key(k, now),
+            ),
+            (Source::Pods(i), Update::Pod(ev)) => self.pods.event(
+                i,
+                *ev,
+                |p| index.borrow_mut().apply_pod_facts(p),
+                |k| index.borrow_mut().delete_pod_key(k),
+            ),
+            _ => Outcome::default(),
         };
-        if done {
+        if outcome.listed {
             synced.insert(source);
         }
-        changed
+        outcome.changed
     }
 }
 

@@ -13,19 +13,26 @@
 //!
 //! - `--child ours`: feeds the index one Service and its EndpointSlices at a
 //!   time, as the watch stream does (eds-server watches, it keeps no
-//!   reflector store of raw objects), publishes the topology, encodes every
+//!   reflector store of raw objects, only each watch's keys in a
+//!   `k8s::listing::Listing`), publishes the topology, encodes every
 //!   ClusterLoadAssignment once (one subscriber asked for all): steady RSS.
 //!   Then times full rebuilds (`Index::topology`, the work of every push)
 //!   and one-pod changes to publish (`apply_slice`, `on_change`, `poll`),
 //!   and publishes plus re-encodes one change while the previous topology
-//!   and its encodings are still held: the push peak (`VmHWM`).
+//!   and its encodings are still held: the push peak (`VmHWM`). Then lists
+//!   one Pod per endpoint (`benches/common/pod.json` renamed after the
+//!   endpoint's `targetRef`, reduced to `PodFacts` on arrival as the Pod
+//!   watch does), publishes and encodes what they change, and forces a
+//!   re-list of every Pod: the peak over every phase (`VmHWM`) is the
+//!   figure issue 24 bounds at 300 MiB.
 //! - `--child peer`: builds and holds the raw k8s-openapi objects. Any
 //!   design that watches through kube-runtime's reflector holds at least
 //!   these, so it is the floor such a design starts from: the memory rows'
 //!   peer figure. There is no peer for the timing rows.
 //!
-//! What it does not measure: the tokio runtime, tonic, the kube client,
-//! per-stream queues, zone-specific encodings, Pods. A benchmark: nothing
+//! What it does not measure: the tokio runtime, tonic, the kube client and
+//! its pages of 500 decoded objects, per-stream queues, zone-specific
+//! encodings. A benchmark: nothing
 //! here asserts a timing.
 
 #[allow(dead_code, unreachable_pub)]
@@ -41,10 +48,15 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use eds_bench::machine::{Machine, ProcUsage};
 use eds_bench::report::{BenchResult, Better, Chart, ChartKind, Row, Series, Target, median};
+use eds_server::k8s::index::PodFacts;
+use eds_server::k8s::listing::Listing;
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::source::{SnapshotSource, SourceConfig};
 use eds_server::xds::{ClientInfo, Lookup, ResourceSource, ResourceType};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
 use serde::{Deserialize, Serialize};
 
 /// Service counts: 1,000 (10,000 endpoints) and 10,000 (100,000 endpoints).
@@ -90,6 +102,16 @@ struct ChildReport {
     publish_ms: Vec<f64>,
     /// Endpoints in the cluster.
     endpoints: usize,
+    /// Pods watched (one per endpoint).
+    pods: usize,
+    /// `VmRSS` with the Pods listed and the topology they change published
+    /// and encoded.
+    pods_rss_mib: f64,
+    /// `VmHWM` at the end: the peak over every phase, through a forced
+    /// re-list of every Pod.
+    relist_peak_mib: f64,
+    /// The re-list's time, from `Init` to published.
+    relist_ms: f64,
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -117,20 +139,88 @@ fn encode_all(source: &SnapshotSource, services: usize) -> anyhow::Result<usize>
     Ok(bytes)
 }
 
+/// A Pod as the watch receives it: `benches/common/pod.json` (a
+/// Deployment's pod with its spec, status and no `managedFields`) renamed
+/// after an endpoint's `targetRef`, at list round `round`.
+fn pod_of(
+    template: &Pod,
+    endpoint: &k8s_openapi::api::discovery::v1::Endpoint,
+    round: usize,
+) -> Option<Pod> {
+    let target = endpoint.target_ref.as_ref()?;
+    let mut pod = template.clone();
+    pod.metadata.name.clone_from(&target.name);
+    pod.metadata.namespace.clone_from(&target.namespace);
+    pod.metadata.uid.clone_from(&target.uid);
+    pod.metadata.resource_version = Some(format!("{round}"));
+    Some(pod)
+}
+
+/// Lists every endpoint's Pod through `listing` as the Pod watch does
+/// (`Init`, one `InitApply` per Pod decoded and reduced to `PodFacts` on
+/// arrival, `InitDone`); returns the Pods listed.
+fn list_pods(
+    services: usize,
+    round: usize,
+    template: &Pod,
+    listing: &mut Listing,
+    index: &mut Index,
+) -> usize {
+    let mut pods = 0;
+    let index = std::cell::RefCell::new(index);
+    let mut event = |ev: Event<PodFacts>| {
+        listing.event(
+            0,
+            ev,
+            |p| index.borrow_mut().apply_pod_facts(p),
+            |k| index.borrow_mut().delete_pod_key(k),
+        )
+    };
+    event(Event::Init);
+    cluster::for_each_service(services, |_, slices| {
+        for endpoint in slices.iter().flat_map(|s| s.endpoints.iter().flatten()) {
+            if let Some(pod) = pod_of(template, endpoint, round) {
+                event(Event::InitApply(PodFacts::of(&pod)));
+                pods += 1;
+            }
+        }
+    });
+    event(Event::InitDone);
+    pods
+}
+
 fn child_ours(services: usize, iterations: usize) -> anyhow::Result<ChildReport> {
     let mut index = Index::new(IndexConfig::default());
     let mut first_slice = None;
     let mut endpoints = 0;
+    // Fed as the watch feeds the index: one Service and its slices at a
+    // time, their keys kept by the watch's listings, no object held.
+    let (mut service_keys, mut slice_keys) = (Listing::default(), Listing::default());
+    service_keys.event(0, Event::<Service>::Init, |_| false, |_| false);
+    slice_keys.event(0, Event::<EndpointSlice>::Init, |_| false, |_| false);
     cluster::for_each_service(services, |svc, slices| {
-        index.apply_service(&svc);
+        let index = std::cell::RefCell::new(&mut index);
+        service_keys.event(
+            0,
+            Event::InitApply(svc),
+            |s| index.borrow_mut().apply_service(s),
+            |k| index.borrow_mut().delete_service_key(k),
+        );
         for s in &slices {
             endpoints += s.endpoints.as_ref().map_or(0, Vec::len);
-            index.apply_slice(s, UNIX_EPOCH);
+            slice_keys.event(
+                0,
+                Event::InitApply(s.clone()),
+                |s| index.borrow_mut().apply_slice(s, UNIX_EPOCH),
+                |k| index.borrow_mut().delete_slice_key(k, UNIX_EPOCH),
+            );
         }
         if first_slice.is_none() {
             first_slice = slices.into_iter().next();
         }
     });
+    service_keys.event(0, Event::<Service>::InitDone, |_| false, |_| false);
+    slice_keys.event(0, Event::<EndpointSlice>::InitDone, |_| false, |_| false);
     let versions = cluster::one_pod_change_of(&first_slice.context("Service 0 has a slice")?);
 
     let config = PublisherConfig::default();
@@ -195,11 +285,51 @@ fn child_ours(services: usize, iterations: usize) -> anyhow::Result<ChildReport>
     let peak_mib = mib(usage()?.peak_rss_bytes);
     drop(source);
     let rss_after_push_mib = mib(usage()?.rss_bytes);
-    drop(next);
+
+    // Pods watched: one per endpoint, listed, published and encoded; then
+    // a forced re-list (a watch restart: every Pod again, newer
+    // resourceVersions) while everything above is held.
+    let template: Pod =
+        serde_json::from_str(include_str!("../../../eds-server/benches/common/pod.json"))
+            .context("benches/common/pod.json is a Pod")?;
+    let mut pod_keys = Listing::default();
+    let pods = list_pods(services, 1, &template, &mut pod_keys, &mut index);
+    publisher.on_change(now);
+    now += window;
+    let with_pods = publisher.poll(now, &index);
+    let next = match with_pods {
+        Some(topology) => {
+            let source =
+                SnapshotSource::new(topology, SourceConfig::default(), Arc::clone(&metrics));
+            encode_all(&source, services)?;
+            drop(next);
+            source
+        }
+        None => next,
+    };
+    let pods_rss_mib = mib(usage()?.rss_bytes);
+    let t = Instant::now();
+    let relisted = list_pods(services, 2, &template, &mut pod_keys, &mut index);
+    publisher.on_change(now);
+    now += window;
+    let after_relist = publisher.poll(now, &index);
+    let relist_ms = t.elapsed().as_secs_f64() * 1000.0;
+    if relisted != pods || pod_keys.len(0) != pods {
+        bail!(
+            "the re-list saw {relisted} Pods, the watch holds {}, of {pods}",
+            pod_keys.len(0)
+        );
+    }
+    let relist_peak_mib = mib(usage()?.peak_rss_bytes);
+    drop((next, after_relist));
     Ok(ChildReport {
         rss_mib,
         peak_mib,
         rss_after_push_mib,
+        pods,
+        pods_rss_mib,
+        relist_peak_mib,
+        relist_ms,
         rebuild_ms,
         rebuild_cpu_ms,
         publish_ms,
@@ -272,10 +402,14 @@ fn main() -> anyhow::Result<()> {
                 if (round + turn) % 2 == 0 {
                     let r = spawn("ours", services)?;
                     println!(
-                        "{services} Services, round {round}, eds-server: RSS {:.1} MiB, push peak {:.1} MiB, after push {:.1} MiB, rebuild {:?} ms (CPU {:.1} ms), one-pod publish {:?} ms",
+                        "{services} Services, round {round}, eds-server: RSS {:.1} MiB, push peak {:.1} MiB, after push {:.1} MiB, with {} Pods {:.1} MiB, peak through a Pod re-list {:.1} MiB (re-list {:.0} ms), rebuild {:?} ms (CPU {:.1} ms), one-pod publish {:?} ms",
                         r.rss_mib,
                         r.peak_mib,
                         r.rss_after_push_mib,
+                        r.pods,
+                        r.pods_rss_mib,
+                        r.relist_peak_mib,
+                        r.relist_ms,
                         r.rebuild_ms.iter().map(|v| v.round()).collect::<Vec<_>>(),
                         r.rebuild_cpu_ms,
                         r.publish_ms
@@ -321,6 +455,27 @@ fn main() -> anyhow::Result<()> {
             ours.iter().map(|r| r.peak_mib).collect(),
             Vec::new(),
             rss_target,
+        ));
+        rows.push(row(
+            "RSS with one Pod per endpoint watched",
+            "MiB",
+            ours.iter().map(|r| r.pods_rss_mib).collect(),
+            Vec::new(),
+            None,
+        ));
+        rows.push(row(
+            "peak RSS through a forced Pod re-list (VmHWM, every phase)",
+            "MiB",
+            ours.iter().map(|r| r.relist_peak_mib).collect(),
+            Vec::new(),
+            large.then_some(Target::AtMost(300.0)),
+        ));
+        rows.push(row(
+            "Pod re-list, Init to published",
+            "ms",
+            ours.iter().map(|r| r.relist_ms).collect(),
+            Vec::new(),
+            None,
         ));
         rows.push(row(
             "full rebuild (Index::topology)",

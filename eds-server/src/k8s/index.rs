@@ -155,7 +155,8 @@ impl BuildStats {
     }
 }
 
-type ObjKey = (String, String);
+/// An object's `(namespace, name)`.
+pub type ObjKey = (String, String);
 
 /// The port protocol when none is given, as the API server defaults it.
 const TCP: &str = "TCP";
@@ -405,9 +406,15 @@ impl Index {
         let Some(key) = self.object_key(&svc.metadata, "Service") else {
             return false;
         };
-        let changed = self.services.remove(&key).is_some();
+        self.delete_service_key(&key)
+    }
+
+    /// [`Index::delete_service`] by `(namespace, name)`: a re-list knows
+    /// only the keys of what vanished.
+    pub fn delete_service_key(&mut self, key: &ObjKey) -> bool {
+        let changed = self.services.remove(key).is_some();
         if changed {
-            self.touch(&key);
+            self.touch(key);
             self.refresh_wanted_labels();
         }
         changed
@@ -479,6 +486,11 @@ impl Index {
             return false;
         };
         self.remove_slice(&ns, &name, now)
+    }
+
+    /// [`Index::delete_slice`] by `(namespace, name)`.
+    pub fn delete_slice_key(&mut self, (ns, name): &ObjKey, now: SystemTime) -> bool {
+        self.remove_slice(ns, name, now)
     }
 
     /// The full list of EndpointSlices after a watch (re)start.
@@ -646,18 +658,23 @@ impl Index {
 
     /// [`Index::delete_pod`] for facts taken on arrival.
     pub fn delete_pod_facts(&mut self, pod: &PodFacts) -> bool {
-        let Some((ns, name)) = self.pod_key(pod) else {
+        let Some(key) = self.pod_key(pod) else {
             return false;
         };
-        let Some(pods) = self.pods.get_mut(&ns) else {
+        self.delete_pod_key(&key)
+    }
+
+    /// [`Index::delete_pod_facts`] by `(namespace, name)`.
+    pub fn delete_pod_key(&mut self, (ns, name): &ObjKey) -> bool {
+        let Some(pods) = self.pods.get_mut(ns) else {
             return false;
         };
-        let changed = pods.remove(&name).is_some();
+        let changed = pods.remove(name).is_some();
         if pods.is_empty() {
-            self.pods.remove(&ns);
+            self.pods.remove(ns);
         }
         if changed {
-            self.touch_namespace(&ns);
+            self.touch_namespace(ns);
         }
         changed
     }

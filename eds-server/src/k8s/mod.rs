@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  kube watchers (async, elsewhere)
-//!     | apply / delete / reset (Init, InitApply.., InitDone)
+//!     | apply / delete (listing: Init, InitApply.., InitDone, by key)
 //!     v
 //!  index::Index  --topology()-->  publish::Publisher  --Arc<Topology>-->  TopologySender
 //!  Services, EndpointSlices,      coalescing window,
@@ -17,6 +17,7 @@
 //! talks to the API server; that driver is a thin loop around these two.
 
 pub mod index;
+pub mod listing;
 pub mod publish;
 
 #[cfg(test)]
