@@ -248,7 +248,6 @@ mod tests {
         // Watch 1 re-lists empty: only its own object goes.
         event(1, Event::Init);
         assert!(event(1, Event::InitDone).changed);
-        drop(event);
         assert_eq!((listing.len(0), listing.len(1)), (1, 0));
         assert!(index.delete_service(&service("a", "x")));
     }
