@@ -337,6 +337,7 @@ mod tests {
             peer: None,
             connected_at: at(0),
             last_activity: at(0),
+            backlog: Default::default(),
             stats: SubscriberStats {
                 client: ClientInfo {
                     node_id: format!("node-{id}"),

@@ -261,6 +261,21 @@ pub struct ClientEntry {
     pub last_activity: Time,
     /// Protocol state.
     pub stats: SubscriberStats,
+    /// Responses queued at the server for this stream (absent from servers
+    /// older than the field: shown as zero).
+    #[serde(default)]
+    pub backlog: Backlog,
+}
+
+/// A stream's outbox at the server: what the client has not read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Backlog {
+    /// Responses waiting for the client to read them.
+    #[serde(default)]
+    pub queued: usize,
+    /// Responses never sent because a newer one replaced them.
+    #[serde(default)]
+    pub superseded: u64,
 }
 
 /// Protocol state of one stream.

@@ -342,7 +342,16 @@ pub fn clients(view: &ClientsView, wide: bool, color: bool) -> String {
         "LAST-NACK",
     ];
     if wide {
-        headers.extend(["SENT", "PROTOCOL", "PEER", "CONNECTED", "ACKS", "NACKS"]);
+        headers.extend([
+            "SENT",
+            "PROTOCOL",
+            "PEER",
+            "CONNECTED",
+            "ACKS",
+            "NACKS",
+            "QUEUED",
+            "SUPERSEDED",
+        ]);
     }
     let mut t = Table::new(&headers);
     for c in &view.clients {
@@ -392,6 +401,8 @@ pub fn clients(view: &ClientsView, wide: bool, color: bool) -> String {
                         Cell::plain(format!("{} ago", age_since(c.connected_at.0, now))),
                         Cell::plain(ty.counters.acks.to_string()),
                         Cell::plain(ty.counters.nacks.to_string()),
+                        backlog(c.backlog.queued),
+                        Cell::plain(c.backlog.superseded.to_string()),
                     ]);
                 }
                 t.row(row);
@@ -419,12 +430,22 @@ pub fn clients(view: &ClientsView, wide: bool, color: bool) -> String {
                     Cell::plain(format!("{} ago", age_since(c.connected_at.0, now))),
                     Cell::plain("0"),
                     Cell::plain("0"),
+                    backlog(c.backlog.queued),
+                    Cell::plain(c.backlog.superseded.to_string()),
                 ]);
             }
             t.row(row);
         }
     }
     t.render(color)
+}
+
+/// A stream's queued responses: more than one means the client is not
+/// reading what the server sends (each queued response is one type's
+/// latest state or a delta increment).
+fn backlog(queued: usize) -> Cell {
+    let tone = if queued > 1 { Tone::Warn } else { Tone::Plain };
+    Cell::toned(queued.to_string(), tone)
 }
 
 /// `edsctl diff`.

@@ -222,6 +222,46 @@ async fn wait_for_endpoints(
     }
 }
 
+/// The first attempt's pick. When endpoints exist but none may take a
+/// request (only draining ones inside their drain margin, or only not-ready
+/// ones), the request waits for the next update within
+/// `wait_for_endpoints`, as it does for a service with no endpoints at all,
+/// instead of failing at once: in a rollout the replacement pods are
+/// usually an update away.
+async fn first_pick(
+    pool: &Arc<ServicePool>,
+    settings: &CallSettings,
+    hash: Option<u64>,
+) -> Result<InFlight, RequestError> {
+    // Subscribed before the first try, so an update in between is seen.
+    let mut generation = pool.generation();
+    match pick(pool, settings, hash, &[]) {
+        Err(RequestError::NoEndpoints { .. }) => {}
+        other => return other,
+    }
+    let started = Instant::now();
+    let waited = tokio::time::timeout(settings.wait_for_endpoints, async {
+        loop {
+            if generation.changed().await.is_err() {
+                return None;
+            }
+            match pick(pool, settings, hash, &[]) {
+                Err(RequestError::NoEndpoints { .. }) => continue,
+                other => return Some(other),
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(Some(result)) => result,
+        _ => Err(RequestError::NoEndpoints {
+            service: pool.name.clone(),
+            waited: started.elapsed(),
+            control_plane: settings.control_plane_state(),
+        }),
+    }
+}
+
 /// Picks per attempt before giving up on finding an endpoint under the cap
 /// (or one not tried yet): P2C and the weighted pickers rarely pick a full
 /// endpoint twice running when another has room.
@@ -290,7 +330,11 @@ async fn send(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 1;
     loop {
-        let claim = pick(pool, settings, hash, &tried)?;
+        let claim = if tried.is_empty() {
+            first_pick(pool, settings, hash).await?
+        } else {
+            pick(pool, settings, hash, &tried)?
+        };
         let handle = claim.handle().clone();
         let error = match handle.conn.sender().await {
             Err(source) => {
@@ -721,6 +765,58 @@ mod tests {
             .map(|_| pick(&pool, &settings, None, &[]).unwrap())
             .collect();
         assert_eq!(claims[0].handle().in_flight(), 50);
+    }
+
+    /// Hardening drill (issue 24, item 4): the only endpoint left is
+    /// draining and inside its drain margin, its replacement one update
+    /// away. Before, the request failed at once with "no endpoints"; now it
+    /// waits for the update (within `wait_for_endpoints`) and goes to the
+    /// replacement.
+    #[tokio::test]
+    async fn a_request_finding_only_a_draining_pod_past_its_margin_waits_for_the_update() {
+        let (pool, settings) = pool_with(None, 0);
+        let now = std::time::SystemTime::now();
+        let leaving = SocketAddr::from(([10, 0, 0, 1], 9090));
+        let draining = lb_core::Endpoint::new(leaving)
+            .with_health(lb_core::Health::Draining)
+            .with_drain_deadline(now + Duration::from_secs(1));
+        pool.update(
+            lb_core::EndpointSet::merge(vec![draining.clone()]),
+            crate::pool::Source::Static,
+            "1".into(),
+            false,
+        );
+        assert!(
+            matches!(
+                pick(&pool, &settings, None, &[]),
+                Err(RequestError::NoEndpoints { .. })
+            ),
+            "a pod 1 s from its deadline (margin 2 s) takes no new request"
+        );
+        let replacement = SocketAddr::from(([10, 0, 0, 2], 9090));
+        let updater = Arc::clone(&pool);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let set =
+                lb_core::EndpointSet::merge(vec![draining, lb_core::Endpoint::new(replacement)]);
+            updater.update(set, crate::pool::Source::Static, "2".into(), false);
+        });
+        let started = Instant::now();
+        let claim = first_pick(&pool, &settings, None).await.unwrap();
+        assert_eq!(claim.handle().address(), replacement);
+        assert!(
+            started.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // With no update coming, the wait ends with the usual error.
+        let (pool, settings) = pool_with(None, 0);
+        let err = first_pick(&pool, &settings, None).await.err().unwrap();
+        assert!(
+            matches!(err, RequestError::NoEndpoints { waited, .. } if waited >= Duration::from_secs(1)),
+            "{err}"
+        );
     }
 
     #[test]

@@ -282,6 +282,10 @@ pub struct ServiceOptions {
     /// picked again a few times, then fails with RESOURCE_EXHAUSTED rather
     /// than queue. Must be above zero.
     pub max_in_flight_per_endpoint: Option<u32>,
+    /// A draining endpoint (its pod terminating) takes no new request once
+    /// its drain deadline is closer than this, so requests already sent can
+    /// finish before the kubelet kills it. Default 2 s.
+    pub drain_margin: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -295,6 +299,7 @@ impl Default for ServiceOptions {
             zone_affinity: true,
             tls_server_name: None,
             max_in_flight_per_endpoint: None,
+            drain_margin: BalancerConfig::default().drain_margin,
         }
     }
 }
@@ -318,6 +323,7 @@ impl ServiceOptions {
             slow_start: self.slow_start,
             panic_threshold: self.panic_threshold,
             load_factor: self.load_factor,
+            drain_margin: self.drain_margin,
             ..BalancerConfig::default()
         }
     }
