@@ -82,8 +82,8 @@ use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 use super::wire::DeltaResponse;
 use super::{
-    NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, content_version,
-    is_full_state,
+    CHUNK_BYTES, NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, chunked,
+    content_version, is_full_state,
 };
 
 /// How many unacknowledged responses per type are tracked by nonce for
@@ -386,7 +386,7 @@ impl DeltaStream {
         let Some(st) = types.get_mut(&ty) else {
             return;
         };
-        let Some((response, updated)) = respond(ty, st, source, &id.client, nonces) else {
+        let Some((responses, updated)) = respond(ty, st, source, &id.client, nonces) else {
             return;
         };
         if ty == ResourceType::Cluster
@@ -401,19 +401,20 @@ impl DeltaStream {
                 }
             }
         }
-        out.push(response);
+        out.extend(responses);
     }
 }
 
-/// The response for `ty` if one is due, recording it as sent. Also returns
-/// the names that replaced an older version the client had.
+/// The responses for `ty` if one is due (several when the change is larger
+/// than [`CHUNK_BYTES`]), recording them as sent. Also returns the names
+/// that replaced an older version the client had.
 fn respond<S: ResourceSource + ?Sized>(
     ty: ResourceType,
     st: &mut TypeState,
     source: &S,
     client: &ClientInfo,
     nonces: &mut NonceSeq,
-) -> Option<(DeltaResponse, Vec<String>)> {
+) -> Option<(Vec<DeltaResponse>, Vec<String>)> {
     let mut wanted: BTreeSet<String> = st.subscribed.clone();
     if st.wildcard {
         // Not ready: say nothing rather than "removed".
@@ -479,35 +480,54 @@ fn respond<S: ResourceSource + ?Sized>(
             .iter()
             .map(|(name, version)| (name.as_str(), version.as_str())),
     );
-    let (n, nonce) = nonces.next();
-    if st.in_flight.len() == IN_FLIGHT_WINDOW
-        && let Some(oldest) = st.in_flight.pop_front()
-        && let Some(next) = st.in_flight.front_mut()
-    {
-        // Far behind: the next response's answer will settle both, so it
-        // carries the oldest one's changes it does not override.
-        for (name, change) in oldest.changes {
-            next.changes.entry(name).or_insert(change);
+    // A large change goes in parts of at most CHUNK_BYTES, each answered on
+    // its own; removals travel with the first. Every part carries the
+    // version of the whole change (the protocol uses it for debugging only).
+    let mut parts = chunked(resources, CHUNK_BYTES).into_iter();
+    let mut removed = Some(removed_resources);
+    let mut responses = Vec::new();
+    loop {
+        let part = parts.next();
+        if part.is_none() && removed.is_none() {
+            break;
         }
-    }
-    st.in_flight.push_back(InFlight {
-        nonce: n,
-        system_version: system_version_info.clone(),
-        changes,
-    });
-    st.answered = true;
-    st.last_system_version = Some(system_version_info.clone());
-    st.counters.responses += 1;
-    Some((
-        DeltaResponse {
-            system_version_info,
+        let resources = part.unwrap_or_default();
+        let removed_resources = removed.take().unwrap_or_default();
+        let mut part_changes: BTreeMap<String, Option<ResourceVersion>> = BTreeMap::new();
+        for res in &resources {
+            part_changes.insert(res.name().to_owned(), Some(res.version().clone()));
+        }
+        for name in &removed_resources {
+            part_changes.insert(name.clone(), None);
+        }
+        let (n, nonce) = nonces.next();
+        if st.in_flight.len() == IN_FLIGHT_WINDOW
+            && let Some(oldest) = st.in_flight.pop_front()
+            && let Some(next) = st.in_flight.front_mut()
+        {
+            // Far behind: the next response's answer will settle both, so it
+            // carries the oldest one's changes it does not override.
+            for (name, change) in oldest.changes {
+                next.changes.entry(name).or_insert(change);
+            }
+        }
+        st.in_flight.push_back(InFlight {
+            nonce: n,
+            system_version: system_version_info.clone(),
+            changes: part_changes,
+        });
+        st.counters.responses += 1;
+        responses.push(DeltaResponse {
+            system_version_info: system_version_info.clone(),
             resources,
             type_url: ty.type_url().to_owned(),
             removed_resources,
             nonce,
-        },
-        updated,
-    ))
+        });
+    }
+    st.answered = true;
+    st.last_system_version = Some(system_version_info);
+    Some((responses, updated))
 }
 
 #[cfg(test)]
@@ -519,6 +539,45 @@ mod tests {
 
     fn ads() -> DeltaStream {
         DeltaStream::new(StreamKind::Aggregated)
+    }
+
+    #[test]
+    fn a_large_subscription_arrives_in_parts_each_answered() {
+        let big = vec![b'x'; 400 * 1024];
+        let names: Vec<String> = (0..5).map(|i| format!("svc-{i}.demo:80")).collect();
+        let mut src = MemorySource::new();
+        for name in &names {
+            src.insert(EDS, name, "1", &big);
+        }
+        let mut s = ads();
+        let out = s
+            .handle_request(
+                dreq(EDS).subscribe(names.iter().map(String::as_str)).into(),
+                &src,
+                t(0),
+            )
+            .unwrap();
+        let sizes: Vec<usize> = out
+            .iter()
+            .map(|r| r.resources.iter().map(|r| r.encoded_len()).sum())
+            .collect();
+        assert_eq!(out.len(), 3, "2 + 2 + 1 resources of 400 KiB: {sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES), "{sizes:?}");
+        let carried: Vec<&str> = out
+            .iter()
+            .flat_map(|r| r.resources.iter().map(|r| r.name()))
+            .collect();
+        assert_eq!(
+            carried,
+            names.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        for r in &out {
+            let ack = dreq(EDS).nonce(&r.nonce);
+            assert!(s.handle_request(ack.into(), &src, t(1)).unwrap().is_empty());
+        }
+        let eds = s.stats().of(EDS).cloned().unwrap();
+        assert_eq!(eds.acked_resources.len(), 5, "every part was acknowledged");
+        assert_eq!(eds.pending_nonce, None);
     }
 
     fn ask(s: &mut DeltaStream, src: &MemorySource, r: DReq) -> Vec<DeltaDiscoveryResponse> {

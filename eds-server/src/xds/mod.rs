@@ -48,6 +48,8 @@ mod fixtures;
 #[cfg(test)]
 mod proptests;
 
+use std::sync::Arc;
+
 use proto::resources::{
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
     ROUTE_CONFIGURATION_TYPE_URL,
@@ -81,6 +83,34 @@ pub const PUSH_ORDER: [ResourceType; 4] = [
 /// return").
 fn is_full_state(ty: ResourceType) -> bool {
     ty.allows_wildcard()
+}
+
+/// The most a response carries when a change can be split across several
+/// (SotW EDS and RDS, every delta type): a quarter of gRPC's default 4 MiB
+/// receive limit, so grpc-go, grpc-java and grpcio with default settings
+/// accept every such response whatever the size of the subscription, with
+/// room for a resource that is itself large. A resource is never split.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Splits `resources` into runs whose encoded size stays within `limit`,
+/// keeping their order; a resource larger than `limit` travels alone.
+fn chunked(resources: Vec<Arc<Resource>>, limit: usize) -> Vec<Vec<Arc<Resource>>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for res in resources {
+        let len = res.encoded_len();
+        if !current.is_empty() && size + len > limit {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(res);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
 }
 
 /// Which gRPC service a stream belongs to: ADS multiplexes every type on one

@@ -39,7 +39,7 @@
 //!   keeps the others, so a change costs what it changed, and a service too
 //!   large for one response never traps a client with a 4 MiB receive
 //!   limit in a reconnect loop. Such a change is split into responses of at
-//!   most [`CHUNK_BYTES`] each. Resources that do not exist are omitted and
+//!   most [`super::CHUNK_BYTES`] each. Resources that do not exist are omitted and
 //!   the client's does-not-exist timer decides. EDS/RDS responses with
 //!   nothing in them are not sent: for those types an empty response is a
 //!   no-op ("Deleting Resources").
@@ -93,11 +93,11 @@ use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use super::wire::SotwResponse;
 use tracing::{debug, warn};
 
-use super::cache::{ClientInfo, Lookup, Resource, ResourceSource, ResourceVersion};
+use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 use super::{
-    NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, content_version,
-    is_full_state,
+    CHUNK_BYTES, NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, chunked,
+    content_version, is_full_state,
 };
 
 /// The state-of-the-world protocol state of one gRPC stream (ADS or a
@@ -459,13 +459,6 @@ fn view<S: ResourceSource + ?Sized>(
     Some(view)
 }
 
-/// The largest EDS or RDS response sent when a change can be split: a
-/// quarter of gRPC's default 4 MiB receive limit, so that grpc-go,
-/// grpc-java and grpcio with default settings accept every response of
-/// those types whatever the size of the subscription, with room for a
-/// resource that is itself large. A single resource is never split.
-pub const CHUNK_BYTES: usize = 1 << 20;
-
 /// The responses for `ty` if one is due (several when an EDS or RDS change
 /// is larger than [`CHUNK_BYTES`]), recording what the client now holds.
 ///
@@ -581,27 +574,6 @@ fn respond<S: ResourceSource + ?Sized>(
     });
     st.needs_answer = false;
     out
-}
-
-/// Splits `resources` into runs whose encoded size stays within `limit`,
-/// keeping their order; a resource larger than `limit` travels alone.
-fn chunked(resources: Vec<Arc<Resource>>, limit: usize) -> Vec<Vec<Arc<Resource>>> {
-    let mut chunks = Vec::new();
-    let mut current = Vec::new();
-    let mut size = 0;
-    for res in resources {
-        let len = res.encoded_len();
-        if !current.is_empty() && size + len > limit {
-            chunks.push(std::mem::take(&mut current));
-            size = 0;
-        }
-        size += len;
-        current.push(res);
-    }
-    if !current.is_empty() {
-        chunks.push(current);
-    }
-    chunks
 }
 
 fn nack_record(
