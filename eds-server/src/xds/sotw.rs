@@ -85,7 +85,6 @@
 //! response it returns to the wire, in order (see [`crate::serve`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
