@@ -714,9 +714,14 @@ mod tests {
     }
 
     fn eds_request(nonce: &str, version: &str) -> DiscoveryRequest {
+        eds_request_for(vec![KEY.into()], nonce, version)
+    }
+
+    /// An EDS request from `client-1` for `names`.
+    fn eds_request_for(names: Vec<String>, nonce: &str, version: &str) -> DiscoveryRequest {
         DiscoveryRequest {
             type_url: EDS.type_url().into(),
-            resource_names: vec![KEY.into()],
+            resource_names: names,
             response_nonce: nonce.into(),
             version_info: version.into(),
             node: Some(Node {
@@ -880,6 +885,13 @@ mod tests {
         })
     }
 
+    /// The ClusterLoadAssignment inside a response's resource.
+    fn decode_cla(
+        any: &proto::xds::pb::google::protobuf::Any,
+    ) -> proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+        prost::Message::decode(any.value.as_slice()).expect("a ClusterLoadAssignment")
+    }
+
     /// `count` Services `svc-N.demo:8080` of `per_service` endpoints each;
     /// the first endpoint of `svc-0` listens on `9000 + generation`.
     fn many_services(count: u8, per_service: u16, generation: u16) -> Arc<Topology> {
@@ -934,17 +946,7 @@ mod tests {
         let names: Vec<String> = (0..SERVICES)
             .map(|s| format!("svc-{s}.demo:8080"))
             .collect();
-        let request = |nonce: &str, version: &str| DiscoveryRequest {
-            type_url: EDS.type_url().into(),
-            resource_names: names.clone(),
-            response_nonce: nonce.into(),
-            version_info: version.into(),
-            node: Some(Node {
-                id: "client-1".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let request = |nonce: &str, version: &str| eds_request_for(names.clone(), nonce, version);
         // tonic's generated client keeps gRPC's default receive limit.
         let (requests, mut responses) = open_ads(server.addr).await;
         requests.send(request("", "")).await.unwrap();
@@ -961,8 +963,7 @@ mod tests {
             parts += 1;
             total += size;
             for res in &r.resources {
-                let cla = <proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(res.value.as_slice()).unwrap();
-                held.insert(cla.cluster_name);
+                held.insert(decode_cla(res).cluster_name);
             }
             requests
                 .send(request(&r.nonce, &r.version_info))
@@ -989,11 +990,7 @@ mod tests {
         let carried: Vec<String> = r
             .resources
             .iter()
-            .map(|res| {
-                <proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(res.value.as_slice())
-                    .unwrap()
-                    .cluster_name
-            })
+            .map(|res| decode_cla(res).cluster_name)
             .collect();
         assert_eq!(
             carried,
@@ -1107,7 +1104,7 @@ mod tests {
                 .unwrap();
             read += 1;
             let cla = &r.resources[0];
-            let decoded = <proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(cla.value.as_slice()).unwrap();
+            let decoded = decode_cla(cla);
             let last_port = decoded
                 .endpoints
                 .iter()

@@ -194,40 +194,12 @@ pub(crate) fn never_processed(error: &(dyn std::error::Error + 'static)) -> bool
     false
 }
 
-async fn wait_for_endpoints(
-    pool: &ServicePool,
-    settings: &CallSettings,
-) -> Result<(), RequestError> {
-    if pool.has_endpoints() {
-        return Ok(());
-    }
-    let mut generation = pool.generation();
-    let started = Instant::now();
-    let waited = tokio::time::timeout(settings.wait_for_endpoints, async {
-        while !pool.has_endpoints() {
-            if generation.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
-    if waited.is_ok() && pool.has_endpoints() {
-        Ok(())
-    } else {
-        Err(RequestError::NoEndpoints {
-            service: pool.name.clone(),
-            waited: started.elapsed(),
-            control_plane: settings.control_plane_state(),
-        })
-    }
-}
-
-/// The first attempt's pick. When endpoints exist but none may take a
-/// request (only draining ones inside their drain margin, or only not-ready
-/// ones), the request waits for the next update within
-/// `wait_for_endpoints`, as it does for a service with no endpoints at all,
-/// instead of failing at once: in a rollout the replacement pods are
-/// usually an update away.
+/// The first attempt's pick. While the service has no endpoint this
+/// request may use (none at all, or only draining ones inside their drain
+/// margin, or only not-ready ones), the request waits for the next update
+/// within `wait_for_endpoints` instead of failing at once: at start-up the
+/// first endpoints, and in a rollout the replacement pods, are usually an
+/// update away.
 async fn first_pick(
     pool: &Arc<ServicePool>,
     settings: &CallSettings,
@@ -319,8 +291,8 @@ async fn send(
     request: http::Request<Body>,
     deadline: Option<Deadline>,
 ) -> Result<http::Response<Body>, RequestError> {
-    wait_for_endpoints(pool, settings).await?;
     let hash = pool.hash_key(&request);
+    let mut first = Some(first_pick(pool, settings, hash).await?);
     settings.budget.deposit();
     let (parts, body) = request.into_parts();
     let mut body = Prefetched::read(body);
@@ -330,10 +302,9 @@ async fn send(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 1;
     loop {
-        let claim = if tried.is_empty() {
-            first_pick(pool, settings, hash).await?
-        } else {
-            pick(pool, settings, hash, &tried)?
+        let claim = match first.take() {
+            Some(claim) => claim,
+            None => pick(pool, settings, hash, &tried)?,
         };
         let handle = claim.handle().clone();
         let error = match handle.conn.sender().await {

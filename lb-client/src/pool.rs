@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -343,9 +343,6 @@ pub(crate) struct ServicePool {
     epoch: Instant,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
-    /// Whether the endpoint set is non-empty: every request asks, so it is
-    /// kept outside the lock.
-    has_endpoints: AtomicBool,
     total_in_flight: AtomicU64,
     /// Bumped on every endpoint change; requests waiting for a first
     /// endpoint watch it.
@@ -407,7 +404,6 @@ impl ServicePool {
                 policy_source: start.source,
                 policy_note: start.note,
             }),
-            has_endpoints: AtomicBool::new(false),
             total_in_flight: AtomicU64::new(0),
             generation: watch::Sender::new(0),
         })
@@ -429,12 +425,6 @@ impl ServicePool {
 
     pub(crate) fn source(&self) -> Source {
         self.lock().source
-    }
-
-    pub(crate) fn has_endpoints(&self) -> bool {
-        // Acquire pairs with the Release in `update`: a request that sees
-        // endpoints also sees the handles stored before the flag.
-        self.has_endpoints.load(Ordering::Acquire)
     }
 
     pub(crate) fn generation(&self) -> watch::Receiver<u64> {
@@ -493,13 +483,6 @@ impl ServicePool {
         inner.outlier.set_members(addresses.iter());
         inner.balancer.set_endpoints(&set, SystemTime::now());
         inner.handles = handles;
-        // A request waits (up to `wait_for_endpoints`) for an endpoint it may
-        // use; not-ready ones only size zones.
-        let pickable = set
-            .endpoints()
-            .iter()
-            .any(|e| e.health != Health::Unhealthy);
-        self.has_endpoints.store(pickable, Ordering::Release);
         inner.set = set;
         inner.source = source;
         inner.version = version;

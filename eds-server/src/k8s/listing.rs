@@ -84,50 +84,43 @@ impl Listing {
         mut apply: impl FnMut(&K) -> bool,
         mut delete: impl FnMut(&ObjKey) -> bool,
     ) -> Outcome {
+        let changed = |changed| Outcome {
+            changed,
+            listed: false,
+        };
         match ev {
             Event::Init => {
                 self.listing.insert(watch, BTreeSet::new());
                 Outcome::default()
             }
             Event::InitApply(obj) => {
-                let changed = apply(&obj);
+                let applied = apply(&obj);
                 self.listing.entry(watch).or_default().insert(obj.key());
-                Outcome {
-                    changed,
-                    listed: false,
-                }
+                changed(applied)
             }
             Event::InitDone => {
                 let fresh = self.listing.remove(&watch).unwrap_or_default();
-                let old = self.current.insert(watch, BTreeSet::new());
-                let mut changed = false;
-                for key in old.iter().flatten() {
-                    if !fresh.contains(key) {
-                        changed |= delete(key);
-                    }
+                let old = self.current.remove(&watch).unwrap_or_default();
+                let mut deleted = false;
+                for key in old.difference(&fresh) {
+                    deleted |= delete(key);
                 }
                 self.current.insert(watch, fresh);
                 Outcome {
-                    changed,
+                    changed: deleted,
                     listed: true,
                 }
             }
             Event::Apply(obj) => {
-                let changed = apply(&obj);
+                let applied = apply(&obj);
                 self.current.entry(watch).or_default().insert(obj.key());
-                Outcome {
-                    changed,
-                    listed: false,
-                }
+                changed(applied)
             }
             Event::Delete(obj) => {
                 let key = obj.key();
-                let changed = delete(&key);
+                let deleted = delete(&key);
                 self.current.entry(watch).or_default().remove(&key);
-                Outcome {
-                    changed,
-                    listed: false,
-                }
+                changed(deleted)
             }
         }
     }

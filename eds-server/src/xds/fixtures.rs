@@ -16,7 +16,9 @@ use proto::xds::pb::envoy::service::discovery::v3::{
 };
 use proto::xds::pb::google::rpc::Status;
 
-use super::{MemorySource, ResourceType};
+use std::sync::Arc;
+
+use super::{CHUNK_BYTES, MemorySource, Resource, ResourceType};
 
 pub(super) const LDS: ResourceType = ResourceType::Listener;
 pub(super) const RDS: ResourceType = ResourceType::RouteConfiguration;
@@ -184,4 +186,35 @@ pub(super) fn sent<R: Clone + Into<DeltaDiscoveryResponse>>(r: &R) -> Vec<String
         .iter()
         .map(|res| format!("{}@{}", res.name, res.version))
         .collect()
+}
+
+/// Five EDS resources of 400 KiB each (2 MiB in all), and their names: a
+/// change that must be split into parts of at most [`CHUNK_BYTES`].
+pub(super) fn large_eds() -> (MemorySource, Vec<String>) {
+    let big = vec![b'x'; 400 * 1024];
+    let names: Vec<String> = (0..5).map(|i| format!("svc-{i}.demo:80")).collect();
+    let mut src = MemorySource::new();
+    for name in &names {
+        src.insert(ResourceType::ClusterLoadAssignment, name, "1", &big);
+    }
+    (src, names)
+}
+
+/// Checks the parts [`large_eds`] arrives in: 2 + 2 + 1 resources, each
+/// part within [`CHUNK_BYTES`], every name once and in order.
+pub(super) fn assert_split_into_parts(parts: &[&[Arc<Resource>]], names: &[String]) {
+    let sizes: Vec<usize> = parts
+        .iter()
+        .map(|p| p.iter().map(|r| r.encoded_len()).sum())
+        .collect();
+    assert_eq!(parts.len(), 3, "2 + 2 + 1 resources of 400 KiB: {sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES), "{sizes:?}");
+    let carried: Vec<&str> = parts
+        .iter()
+        .flat_map(|p| p.iter().map(|r| r.name()))
+        .collect();
+    assert_eq!(
+        carried,
+        names.iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }

@@ -733,12 +733,7 @@ mod tests {
 
     #[test]
     fn a_change_larger_than_a_chunk_is_split_into_responses_within_it() {
-        let big = vec![b'x'; 400 * 1024];
-        let names: Vec<String> = (0..5).map(|i| format!("svc-{i}.demo:80")).collect();
-        let mut src = MemorySource::new();
-        for name in &names {
-            src.insert(EDS, name, "1", &big);
-        }
+        let (src, names) = large_eds();
         let mut s = ads();
         let out = s
             .handle_request(
@@ -747,20 +742,8 @@ mod tests {
                 t(0),
             )
             .unwrap();
-        let sizes: Vec<usize> = out
-            .iter()
-            .map(|r| r.resources.iter().map(|r| r.encoded_len()).sum())
-            .collect();
-        assert_eq!(out.len(), 3, "2 + 2 + 1 resources of 400 KiB: {sizes:?}");
-        assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES), "{sizes:?}");
-        let carried: Vec<&str> = out
-            .iter()
-            .flat_map(|r| r.resources.iter().map(|r| r.name()))
-            .collect();
-        assert_eq!(
-            carried,
-            names.iter().map(String::as_str).collect::<Vec<_>>()
-        );
+        let parts: Vec<_> = out.iter().map(|r| r.resources.as_slice()).collect();
+        assert_split_into_parts(&parts, &names);
         let versions: BTreeSet<&str> = out.iter().map(|r| r.version_info.as_str()).collect();
         assert_eq!(
             versions.len(),
