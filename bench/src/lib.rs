@@ -9,5 +9,7 @@
 
 pub mod command;
 pub mod h2_mux;
-pub mod machine;
-pub mod report;
+
+// The record lives in its own light crate (xtask reads it without linking
+// the stack); re-exported so the programs keep one path to it.
+pub use eds_bench_report::{machine, report};

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use eds_tests::harness::{PodSpec, ServicePortSpec, Target, TestCluster, eventually};
-use eds_tests::server::refused_kubeconfig;
+use eds_devkit::harness::{PodSpec, ServicePortSpec, Target, TestCluster, eventually};
+use eds_devkit::server::refused_kubeconfig;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::discovery::v1::EndpointSlice;

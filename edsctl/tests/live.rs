@@ -1,5 +1,5 @@
 //! edsctl, the real binary, against a real eds-server (in-process, from
-//! `eds_tests::server`) watching the local control plane: every view with
+//! `eds_devkit::server`) watching the local control plane: every view with
 //! golden files (normalised: pod IPs, namespace, versions, times and ages
 //! vary per run), `watch` across a pod change, and `diff` catching a NACKing
 //! client and a server held behind Kubernetes.
@@ -14,9 +14,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use eds_tests::harness::{TestCluster, TestNamespace, TestPod, eventually};
-use eds_tests::server::{Server, echo_addresses, echo_service, serves_exactly, start_server};
-use eds_tests::xds::{EDS, SotwClient};
+use eds_devkit::harness::{TestCluster, TestNamespace, TestPod, eventually};
+use eds_devkit::server::{Server, echo_addresses, echo_service, serves_exactly, start_server};
+use eds_devkit::xds::{EDS, SotwClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(60);

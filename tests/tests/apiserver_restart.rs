@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use eds_tests::harness::{TestCluster, eventually};
-use eds_tests::server::{echo_addresses, echo_pod, echo_service, serves_exactly, start_server};
-use eds_tests::xds::{EDS, SotwClient, clas, endpoints_named};
+use eds_devkit::harness::{TestCluster, eventually};
+use eds_devkit::server::{echo_addresses, echo_pod, echo_service, serves_exactly, start_server};
+use eds_devkit::xds::{EDS, SotwClient, clas, endpoints_named};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use proto::xds::pb::envoy::service::discovery::v3::DiscoveryResponse;
@@ -50,7 +50,7 @@ async fn keeps_serving_through_an_apiserver_restart_and_catches_up() -> anyhow::
     // The outage. The server notices: its watches fail and are retried.
     let watch_errors = || async {
         let (_, metrics) = server.get("/metrics").await?;
-        anyhow::Ok(eds_tests::server::metric_sum(
+        anyhow::Ok(eds_devkit::server::metric_sum(
             &metrics,
             "eds_state",
             &[("name", "kube_watch_errors")],

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use eds_tests::demo::{DemoOptions, run};
+use eds_demo::{DemoOptions, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_headless_lb_client_routes_around_a_killed_pod() -> anyhow::Result<()> {

@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use eds_tests::harness::{TestCluster, eventually};
-use eds_tests::server::{Server, echo_addresses, echo_service, metric_sum, serves_exactly};
-use eds_tests::xds::{EDS, SotwClient};
+use eds_devkit::harness::{TestCluster, eventually};
+use eds_devkit::server::{Server, echo_addresses, echo_service, metric_sum, serves_exactly};
+use eds_devkit::xds::{EDS, SotwClient};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -73,7 +73,7 @@ fn deploy_dir() -> PathBuf {
 }
 
 fn kubectl() -> anyhow::Result<PathBuf> {
-    Ok(eds_tests::cluster::ensure_built(true)?.kubectl)
+    Ok(eds_devkit::cluster::ensure_built(true)?.kubectl)
 }
 
 /// Runs `cmd`; its stdout, or an error carrying its stderr.
@@ -109,7 +109,7 @@ fn kustomize(dir: &str) -> anyhow::Result<Vec<Value>> {
 /// `helm template eds-server deploy/helm/eds-server -n eds-system --set ...`.
 /// Fails (never skips) when Helm cannot be built.
 fn helm(sets: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let helm = eds_tests::tools::ensure_helm(true).context(
+    let helm = eds_devkit::tools::ensure_helm(true).context(
         "Helm is needed to render deploy/helm/eds-server and is built from helm.sh/helm/v3 \
          through the Go module proxy; that build failed, so the chart cannot be checked",
     )?;
@@ -558,7 +558,7 @@ fn chart_renders_what_kustomize_renders() -> anyhow::Result<()> {
 
 #[test]
 fn chart_lints_clean() -> anyhow::Result<()> {
-    let helm = eds_tests::tools::ensure_helm(true)
+    let helm = eds_devkit::tools::ensure_helm(true)
         .context("Helm is needed to lint deploy/helm/eds-server; building it failed")?;
     for sets in helm_value_sets() {
         let mut cmd = Command::new(&helm);
@@ -908,7 +908,7 @@ async fn serves_on_its_own_rbac(
     cluster: &'static TestCluster,
     rendered: &[Value],
     placement: &Placement,
-    echo: &eds_tests::harness::TestNamespace,
+    echo: &eds_devkit::harness::TestNamespace,
     pod_watches: usize,
 ) -> anyhow::Result<()> {
     logs();

@@ -4,16 +4,16 @@
 //!
 //! The server runs in-process (its library's `run_until`) with the cluster's
 //! kubeconfig, scoped to the test's namespace; clients are the plain test
-//! client of `eds_tests::xds`.
+//! client of `eds_devkit::xds`.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use eds_tests::harness::TestCluster;
-use eds_tests::server::{
+use eds_devkit::harness::TestCluster;
+use eds_devkit::server::{
     Server, echo_service, http_get, refused_kubeconfig, start_server, wait_ready,
 };
-use eds_tests::xds::{CDS, DeltaClient, EDS, LDS, RDS, SotwClient, endpoints_named};
+use eds_devkit::xds::{CDS, DeltaClient, EDS, LDS, RDS, SotwClient, endpoints_named};
 use lb_core::Health;
 use proto::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
@@ -240,14 +240,15 @@ async fn is_not_ready_while_it_cannot_list() -> anyhow::Result<()> {
     let ns = cluster.namespace("notready").await?;
     let kubeconfig = refused_kubeconfig(cluster, ns.name())?;
     let server = Server::start(&[format!("--kubeconfig={}", kubeconfig.display())])?;
-    let (code, body) = eds_tests::harness::eventually("a watch error on /readyz", WAIT, || async {
-        Ok(match http_get(server.admin, "/readyz").await {
-            Ok((code, body)) if body.contains("last watch error") => Ok((code, body)),
-            Ok((code, body)) => Err(format!("{code} {body}")),
-            Err(e) => Err(e.to_string()),
+    let (code, body) =
+        eds_devkit::harness::eventually("a watch error on /readyz", WAIT, || async {
+            Ok(match http_get(server.admin, "/readyz").await {
+                Ok((code, body)) if body.contains("last watch error") => Ok((code, body)),
+                Ok((code, body)) => Err(format!("{code} {body}")),
+                Err(e) => Err(e.to_string()),
+            })
         })
-    })
-    .await?;
+        .await?;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("401") || body.to_lowercase().contains("unauthorized"),

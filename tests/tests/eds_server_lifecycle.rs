@@ -15,23 +15,23 @@
 //!   expected endpoints, and the rolling update never dips below two healthy.
 //! - A 2,000-pod rollout reaches a subscriber in a few coalesced pushes.
 //!
-//! The servers run in-process (`eds_tests::server`) with the cluster's
+//! The servers run in-process (`eds_devkit::server`) with the cluster's
 //! kubeconfig, scoped to each test's namespace; the clients are the plain
-//! test client of `eds_tests::xds`. An API server outage has its own binary
+//! test client of `eds_devkit::xds`. An API server outage has its own binary
 //! (`apiserver_restart.rs`), because it disturbs every test sharing a cluster.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use eds_tests::harness::{
+use eds_devkit::harness::{
     PodSpec, ServicePortSpec, Target, TestCluster, TestNamespace, TestPod, eventually,
 };
-use eds_tests::server::{
+use eds_devkit::server::{
     Server, echo_addresses, echo_placement, echo_pod, echo_service, metric_sum, refused_kubeconfig,
     serves_exactly, start_server,
 };
-use eds_tests::xds::{CDS, DeltaClient, EDS, SotwClient, clas, endpoints_named};
+use eds_devkit::xds::{CDS, DeltaClient, EDS, SotwClient, clas, endpoints_named};
 use futures::{StreamExt, TryStreamExt};
 use proto::xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryResponse};
 use serde_json::Value;

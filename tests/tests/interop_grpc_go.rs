@@ -1,7 +1,7 @@
-//! A stock grpc-go xDS client (grpc v1.85.0, `tests/interop/grpc-go`)
+//! A stock grpc-go xDS client (grpc v1.85.0, `devkit/interop/grpc-go`)
 //! against eds-server: `xds:///echo.<ns>:8080` with nothing but a bootstrap
 //! file, real echo backends on pod IPs of the local cluster, and every
-//! interop scenario of `eds_tests::interop::scenario` (reach, zone affinity
+//! interop scenario of `eds_devkit::interop::scenario` (reach, zone affinity
 //! and spill, readiness shifts, scale-up, least-request and ring-hash
 //! Services ACKed, names that do not exist).
 //!
@@ -14,8 +14,8 @@
 //! The numbers (shift times, cross-zone shares, calls and errors) go to
 //! stderr and `target/interop/report-grpc-go.json`; nothing asserts on them.
 
-use eds_tests::interop::GRPC_GO;
-use eds_tests::interop::scenario::run_suite;
+use eds_devkit::interop::GRPC_GO;
+use eds_devkit::interop::scenario::run_suite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_go_interop() -> anyhow::Result<()> {

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use eds_tests::blackhole::Blackhole;
-use eds_tests::harness::{
+use eds_devkit::blackhole::Blackhole;
+use eds_devkit::harness::{
     Backend, EchoOptions, PodSpec, ServicePortSpec, Target, TestCluster, TestNamespace, TestPod,
     eventually,
 };
-use eds_tests::server::{Server, start_server, wait_ready};
+use eds_devkit::server::{Server, start_server, wait_ready};
 use lb_client::{HashSource, LbClient, LbConfig, PolicySource, ServiceOptions, Source};
 use lb_core::Policy;
 use lb_core::outlier::OutlierConfig;
@@ -1411,7 +1411,7 @@ fn example_path(name: &str) -> anyhow::Result<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_is_reached_over_mtls_and_refuses_a_client_without_a_certificate()
 -> anyhow::Result<()> {
-    use eds_tests::cluster::pki::{self, Authority};
+    use eds_devkit::cluster::pki::{self, Authority};
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
     let ca = Authority::new()?;
@@ -1503,7 +1503,7 @@ async fn a_deadline_ends_a_request_to_a_hanging_backend_on_time() -> anyhow::Res
     // Accepts every stream and never answers (a tonic server would answer
     // the request's grpc-timeout itself, so it is bare HTTP/2).
     let never = EchoOptions {
-        refuse: Some(eds_tests::harness::Refuse::NeverAnswer),
+        refuse: Some(eds_devkit::harness::Refuse::NeverAnswer),
         ..Default::default()
     };
     fleet.add("echo-0", "zone-a", &never).await?;
@@ -1611,7 +1611,7 @@ async fn a_deadline_ends_a_request_to_a_hanging_backend_on_time() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_streams_are_retried_on_another_endpoint() -> anyhow::Result<()> {
-    use eds_tests::harness::Refuse;
+    use eds_devkit::harness::Refuse;
     let mut fleet = Fleet::new("lbc-refuse").await?;
     fleet
         .add("echo-0", "zone-a", &EchoOptions::default())

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use eds_tests::harness::{
+use eds_devkit::harness::{
     EchoOptions, PodSpec, ServicePortSpec, Target, TestCluster, TestNamespace, eventually,
 };
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};

@@ -1,5 +1,5 @@
 //! A real node on the local control plane: kube-scheduler places a
-//! Deployment of the echo backend's image (written by `eds_tests::image`,
+//! Deployment of the echo backend's image (written by `eds_devkit::image`,
 //! no registry) on a kubelet whose containerd runs it with runc, on a CNI
 //! bridge inside the pod network namespace; the pod becomes Ready through
 //! a real readiness probe, the EndpointSlice controller publishes its IP
@@ -24,13 +24,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use eds_tests::cluster::node::{self, Node};
-use eds_tests::cluster::workload::{
+use eds_devkit::cluster::node::{self, Node};
+use eds_devkit::cluster::workload::{
     self, apply, cargo_build, cpu_seconds, kubectl, relative, wait_for, workspace,
 };
-use eds_tests::cluster::{ControlPlane, PlaneOptions, node_build};
-use eds_tests::image;
-use eds_tests::process::Lifetime;
+use eds_devkit::cluster::{ControlPlane, PlaneOptions, node_build};
+use eds_devkit::image;
+use eds_devkit::process::Lifetime;
 use proto::echo::EchoRequest;
 use proto::echo::echo_client::EchoClient;
 
@@ -38,7 +38,7 @@ const TAG: &str = "node-cluster-test";
 
 /// Short: containerd's socket path must stay under 108 bytes.
 fn test_dir() -> PathBuf {
-    eds_tests::cluster::workload::target_dir().join(format!("eds-nc-{}", std::process::id()))
+    eds_devkit::cluster::workload::target_dir().join(format!("eds-nc-{}", std::process::id()))
 }
 
 const ECHO: &str = r#"
@@ -362,7 +362,7 @@ fn scenario(plane: &ControlPlane, node: &Node, dir: &Path) -> anyhow::Result<()>
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let got = eds_tests::server::http_get(
+            let got = eds_devkit::server::http_get(
                 std::net::SocketAddr::from((eds_ip, 18001)),
                 "/debug/snapshot",
             )
@@ -558,7 +558,7 @@ fn report_cost(plane: &ControlPlane, node: &Node) {
         ("kubelet", node.state().kubelet_pid),
         ("containerd", node.containerd().pid()),
     ] {
-        let rss = eds_tests::cluster::rss_kib(pid).unwrap_or(0);
+        let rss = eds_devkit::cluster::rss_kib(pid).unwrap_or(0);
         let cpu = cpu_seconds(pid).unwrap_or(0.0);
         eprintln!("{name}: RSS {} MiB, CPU {cpu:.1} s since start", rss / 1024);
     }

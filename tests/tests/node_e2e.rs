@@ -1,7 +1,7 @@
 //! The product installed and run the way operators and service teams do,
 //! on three real local nodes (containerd, runc, kubelet; one zone each),
 //! with kube-proxy routing ClusterIPs and CoreDNS answering names: every
-//! stage of [`eds_tests::e2e`] (helm install of the chart, confined as
+//! stage of [`eds_devkit::e2e`] (helm install of the chart, confined as
 //! shipped; the echo backend over the zones with a gRPC readiness probe;
 //! lb-client's example in a pod through a rollout restart and the loss of
 //! its eds-server replica with 0 failed requests; grpc-go in a pod through
@@ -19,11 +19,11 @@
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use eds_tests::cluster::node::{self, Node};
-use eds_tests::cluster::workload::{cpu_seconds, target_dir};
-use eds_tests::cluster::{ControlPlane, PlaneOptions, node_build, rss_kib};
-use eds_tests::e2e::{self, LocalNodes, Target};
-use eds_tests::process::Lifetime;
+use eds_devkit::cluster::node::{self, Node};
+use eds_devkit::cluster::workload::{cpu_seconds, target_dir};
+use eds_devkit::cluster::{ControlPlane, PlaneOptions, node_build, rss_kib};
+use eds_devkit::e2e::{self, LocalNodes, Target};
+use eds_devkit::process::Lifetime;
 
 /// Starts the cluster, runs the stages, reports what the nodes cost.
 fn on_nodes(
@@ -49,7 +49,7 @@ fn on_nodes(
     let local = LocalNodes(nodes.iter().map(|n| n.state().clone()).collect());
     let target = Target {
         kubectl: plane.binaries().kubectl.clone(),
-        helm: eds_tests::tools::ensure_helm(false)?,
+        helm: eds_devkit::tools::ensure_helm(false)?,
         kubeconfig: plane.state().kubeconfig.clone(),
         work_dir: dir.clone(),
         nodes: &local,

@@ -1,4 +1,4 @@
-//! An image written by `eds_tests::image` runs under a real containerd and
+//! An image written by `eds_devkit::image` runs under a real containerd and
 //! runc: the echo backend's image is imported into a containerd started for
 //! the test, run with `ctr run` on the host's network namespace (so it
 //! listens on loopback and nothing leaves the machine), and answers a gRPC
@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use eds_tests::cluster::containerd::{Containerd, ContainerdConfig};
-use eds_tests::cluster::node_build;
-use eds_tests::image;
-use eds_tests::process::Lifetime;
+use eds_devkit::cluster::containerd::{Containerd, ContainerdConfig};
+use eds_devkit::cluster::node_build;
+use eds_devkit::image;
+use eds_devkit::process::Lifetime;
 use proto::echo::EchoRequest;
 use proto::echo::echo_client::EchoClient;
 
@@ -190,7 +190,7 @@ fn images_run_under_containerd_and_runc() -> anyhow::Result<()> {
     if result.is_err() {
         eprintln!(
             "containerd log:\n{}",
-            eds_tests::process::log_tail(&dir.join("ctd/containerd.log"), 40)
+            eds_devkit::process::log_tail(&dir.join("ctd/containerd.log"), 40)
         );
     }
     containerd.stop();

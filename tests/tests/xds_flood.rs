@@ -22,9 +22,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use eds_tests::harness::TestCluster;
-use eds_tests::server::{echo_addresses, echo_service, serves_exactly, start_server};
-use eds_tests::xds::{EDS, SotwClient};
+use eds_devkit::harness::TestCluster;
+use eds_devkit::server::{echo_addresses, echo_service, serves_exactly, start_server};
+use eds_devkit::xds::{EDS, SotwClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -100,8 +100,8 @@ async fn a_flood_of_connections_and_streams_is_refused_and_a_subscriber_keeps_it
         let (mut peak_rss, mut peak_open) = (0u64, 0f64);
         loop {
             peak_rss = peak_rss.max(rss_kib().unwrap_or(0));
-            if let Ok((200, text)) = eds_tests::server::http_get(admin, "/metrics").await {
-                peak_open = peak_open.max(eds_tests::server::metric_sum(
+            if let Ok((200, text)) = eds_devkit::server::http_get(admin, "/metrics").await {
+                peak_open = peak_open.max(eds_devkit::server::metric_sum(
                     &text,
                     "eds_xds_connections_open",
                     &[],

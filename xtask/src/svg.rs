@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use eds_bench::report::{Chart, ChartKind, Series};
+use eds_bench_report::report::{Chart, ChartKind, Series};
 
 /// Series colours, colour-blind friendly (Tableau 10's first six).
 pub(crate) const PALETTE: [&str; 6] = [

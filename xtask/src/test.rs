@@ -1,14 +1,23 @@
 //! `cargo xtask test`: what CI runs (`.ci/run` calls exactly this).
 //!
-//! It first installs what the tests need, idempotently and cached (the local
-//! Kubernetes control plane's binaries, built from Go modules), then runs the
-//! hygiene checks and the whole workspace's tests. It is not a test runner of
-//! its own: every check is a cargo command a developer can run alone.
+//! It first installs what the suites need, idempotently and cached (the
+//! local Kubernetes control plane's binaries, built from Go modules, through
+//! `eds-dev install`), then runs the hygiene checks and every test tier:
+//!
+//! ```text
+//!  hermetic   cargo test                 unit, property, golden: no root, Go or cluster
+//!  cluster    cargo test -p eds-tests    the local control plane, interop clients, deploy
+//!             edsctl --features cluster-tests
+//!  nodes      node_image, node_cluster, node_e2e (ignored elsewhere; root, one at a time)
+//! ```
+//!
+//! It is not a test runner of its own: every step is a cargo command a
+//! developer can run alone (CONTRIBUTING.md lists them).
 
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
-use eds_tests::interop::{ensure_grpc_go_client, ensure_grpcio_venv};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -22,18 +31,32 @@ pub(crate) struct Args {
     /// test`). They need root; CI runs them.
     #[arg(long)]
     no_nodes: bool,
+    /// Only the hermetic tier (plain `cargo test`) after the lints: no
+    /// install, no cluster, no root.
+    #[arg(long)]
+    hermetic: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    step("install: local control-plane binaries (built from Go modules once, then cached)");
-    eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
-    ensure_grpc_go_client(true).context("building the grpc-go interop client")?;
-    ensure_grpcio_venv(true).context("creating the grpcio interop venv")?;
-    eds_tests::tools::ensure_helm(true).context("building Helm for the deploy tests")?;
-    eds_tests::netns::preflight().context("checking what the pod network needs")?;
-    if !args.no_nodes {
-        step("install: node components (built from Go modules once, then cached; Debian packages)");
-        eds_tests::cluster::ensure_node_built(true).context("building the node components")?;
+    if !args.hermetic {
+        step(
+            "install: local control plane, interop clients, Helm (built once from Go modules, then cached)",
+        );
+        let mut install = vec![
+            "run",
+            "--locked",
+            "--quiet",
+            "-p",
+            "eds-devkit",
+            "--bin",
+            "eds-dev",
+            "--",
+            "install",
+        ];
+        if !args.no_nodes {
+            install.push("--nodes");
+        }
+        cargo(&install)?;
     }
 
     if !args.no_lint {
@@ -44,23 +67,47 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--locked",
             "--",
             "-D",
             "warnings",
         ])?;
     }
-    step("cargo test");
-    cargo(&["test", "--workspace", "--locked"])?;
+
+    step("tier 1, hermetic: cargo test");
+    let started = Instant::now();
+    cargo(&["test", "--locked"])?;
+    eprintln!(
+        "hermetic tier passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if args.hermetic {
+        step("hermetic checks passed");
+        return Ok(());
+    }
+
+    step("tier 2, cluster: the local control plane's suites");
+    cargo(&["test", "--locked", "-p", "eds-tests"])?;
+    cargo(&[
+        "test",
+        "--locked",
+        "-p",
+        "edsctl",
+        "--features",
+        "cluster-tests",
+        "--test",
+        "live",
+        "--test",
+        "bad_input",
+    ])?;
+
     if !args.no_nodes {
-        step("cargo test: real nodes (containerd, runc, kubelet, kube-proxy, CoreDNS)");
-        // The images hold these binaries; the tests build them too, but
-        // building here first keeps that build's output in this log.
-        let mut build = vec!["build", "--locked"];
-        build.extend(eds_tests::image::IMAGE_BINARIES);
-        cargo(&build)?;
-        cargo(&["build", "--locked", "-p", "lb-client", "--examples"])?;
-        cargo(&["build", "--locked", "-p", "edsctl"])?;
+        step("tier 3, nodes: containerd, runc, kubelet, kube-proxy, CoreDNS");
+        // The tests build the binaries the images hold (one cargo build
+        // each, shared with `cargo xtask image`), then run one at a time:
+        // each starts its own containerd, the cluster test a whole control
+        // plane, on a small machine.
         cargo(&[
             "test",
             "--locked",
@@ -74,8 +121,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             "node_e2e",
             "--",
             "--ignored",
-            // One at a time: each starts its own containerd (and the
-            // cluster test a whole control plane) on a small machine.
             "--test-threads=1",
         ])?;
     }
@@ -88,7 +133,7 @@ fn step(what: &str) {
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = crate::cargo_path();
     let status = Command::new(&cargo)
         .args(args)
         .status()

@@ -71,8 +71,8 @@ use eds_bench::machine::{Machine, ProcUsage, cpu_seconds, pin_self};
 use eds_bench::report::{
     BenchResult, Better, Chart, ChartKind, Row, Series, Target, median, quantile,
 };
-use eds_tests::gobuild::GoProgram;
-use eds_tests::process::{ChildProcess, Lifetime, log_tail};
+use eds_devkit::gobuild::GoProgram;
+use eds_devkit::process::{ChildProcess, Lifetime, log_tail};
 use prost::Message as _;
 use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};

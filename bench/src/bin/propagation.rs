@@ -42,9 +42,9 @@ use eds_bench::machine::{Machine, ProcUsage};
 use eds_bench::report::{
     BenchResult, Better, Chart, ChartKind, Row, Series, Target, median, quantile,
 };
-use eds_tests::harness::{TestCluster, TestNamespace, TestPod};
-use eds_tests::server::{echo_service, http_get};
-use eds_tests::xds::{EDS, SotwClient, endpoints_named};
+use eds_devkit::harness::{TestCluster, TestNamespace, TestPod};
+use eds_devkit::server::{echo_service, http_get};
+use eds_devkit::xds::{EDS, SotwClient, endpoints_named};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -59,7 +59,7 @@ use tokio::sync::mpsc;
 const PODS: usize = 4;
 /// The pod whose readiness changes.
 const FLIPPED: usize = 0;
-/// The Service's target port (see `eds_tests::server::echo_pod`).
+/// The Service's target port (see `eds_devkit::server::echo_pod`).
 const POD_PORT: u16 = 9090;
 /// How long one change may take before the run fails: far above anything
 /// expected, only there so a lost update cannot hang the run.

@@ -2,7 +2,7 @@
 //! xDS channel) for eds-server's interop tests.
 //!
 //! It speaks the contract every interop client shares (see
-//! `eds_tests::interop`): it dials `xds:///<target>` with nothing but the
+//! `eds_devkit::interop`): it dials `xds:///<target>` with nothing but the
 //! bootstrap in `GRPC_XDS_BOOTSTRAP`, calls `eds.echo.v1.Echo/Echo` one call
 //! at a time at a fixed rate, and prints one line of JSON per call
 //! (`t_ms`, `lat_ms`, `code`, and `pod`/`zone` or `msg`). It stops after

@@ -4,7 +4,7 @@
 //! The registry below names the seven benchmarks and the binary that runs
 //! each; every program follows one contract (`--json <path>`, `--quick`,
 //! ours and the peer alternately, every round recorded) and writes an
-//! [`eds_bench::report::BenchResult`]. This module only orchestrates: it
+//! [`eds_bench_report::report::BenchResult`]. This module only orchestrates: it
 //! measures nothing itself and never edits a program's figures. A benchmark
 //! that fails, or has no binary yet, is recorded as failed and shown as
 //! such in the report; the command then exits non-zero after running the
@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use eds_bench::report::BenchResult;
+use eds_bench_report::report::BenchResult;
 use serde::{Deserialize, Serialize};
 
 /// One benchmark of the suite.

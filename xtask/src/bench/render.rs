@@ -11,8 +11,8 @@
 
 use std::fmt::Write as _;
 
-use eds_bench::machine::Machine;
-use eds_bench::report::{BenchResult, Row, Target, median};
+use eds_bench_report::machine::Machine;
+use eds_bench_report::report::{BenchResult, Row, Target, median};
 
 use super::{Entry, Status};
 use crate::svg;
@@ -170,8 +170,8 @@ pub(crate) fn table(result: &BenchResult) -> String {
             format!(" ({})", row.unit)
         };
         let better = match row.better {
-            eds_bench::report::Better::Lower => "lower is better",
-            eds_bench::report::Better::Higher => "higher is better",
+            eds_bench_report::report::Better::Lower => "lower is better",
+            eds_bench_report::report::Better::Higher => "higher is better",
         };
         let _ = writeln!(
             out,
@@ -332,7 +332,7 @@ pub(crate) fn plain(result: &BenchResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eds_bench::report::{Better, Chart, ChartKind, Series};
+    use eds_bench_report::report::{Better, Chart, ChartKind, Series};
 
     fn row(ours: &[f64], peer: &[f64], target: Option<Target>) -> Row {
         Row {

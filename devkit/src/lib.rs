@@ -1,5 +1,7 @@
-//! eds-tests: the support library for integration and end-to-end tests,
-//! and the tests themselves (`tests/tests/*.rs`).
+//! eds-devkit: the local Kubernetes the project develops and tests
+//! against, as a library (the suites in `tests/`, the demo and the
+//! benchmarks use it) and as the `eds-dev` program (`cargo xtask cluster`,
+//! `image`, `e2e`, `interop` and `test`'s install step run it).
 //!
 //! ```text
 //!  cluster   build etcd + kube-apiserver + kube-controller-manager + kubectl
@@ -10,7 +12,6 @@
 //!  harness   one shared cluster per test binary; namespaces, zoned Nodes,
 //!            Services, Pods; the harness plays the kubelet
 //!  server    eds-server in-process, its admin API, the echo Service
-//!  demo      `cargo xtask demo`: lb-client next to per-connection balancing
 //!  tools     Helm, built from its Go module (cached), for the deploy tests
 //!  blackhole a loopback TCP proxy whose connections can go silent (drills)
 //!  image     OCI layout tarballs of the project's images, no Docker or registry
@@ -24,7 +25,6 @@
 
 pub mod blackhole;
 pub mod cluster;
-pub mod demo;
 pub mod e2e;
 pub mod gobuild;
 pub mod harness;

@@ -11,7 +11,7 @@
 //! It uses the local control plane in `$EDS_CLUSTER_DIR` if set (from
 //! `cargo xtask cluster up`), otherwise each test binary starts its own.
 //! Clients run one after another so their timings do not compete for the
-//! CPU. The scenarios themselves live in `eds_tests::interop::scenario`;
+//! CPU. The scenarios themselves live in `eds_devkit::interop::scenario`;
 //! this module only installs, runs and summarises. It asserts nothing
 //! itself: a client run fails when its test does.
 
@@ -19,8 +19,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use eds_tests::interop::scenario::{ClientReport, format_table, report_dir, report_path};
-use eds_tests::interop::{CLIENTS, ClientKind, client_kind};
+use eds_devkit::interop::scenario::{ClientReport, format_table, report_dir, report_path};
+use eds_devkit::interop::{CLIENTS, ClientKind, client_kind};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {

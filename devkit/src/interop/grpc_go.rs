@@ -1,9 +1,9 @@
-//! The grpc-go interop client: `tests/interop/grpc-go`, a small Go program
+//! The grpc-go interop client: `devkit/interop/grpc-go`, a small Go program
 //! built with `go build` against the modules its `go.sum` pins (fetched
 //! through the Go module proxy), and cached by the hash of its source.
 //!
 //! ```text
-//!  tests/interop/grpc-go/{go.mod,go.sum,main.go}
+//!  devkit/interop/grpc-go/{go.mod,go.sum,main.go}
 //!     ──go build -mod=readonly──>  <cache>/interop/grpc-go-<hash>/client
 //! ```
 //!
@@ -18,7 +18,7 @@ use crate::gobuild::GoProgram;
 /// The files the grpc-go client is built from; their contents name the build.
 const GRPC_GO_FILES: [&str; 3] = ["go.mod", "go.sum", "main.go"];
 
-/// The grpc-go client's source: `tests/interop/grpc-go`.
+/// The grpc-go client's source: `devkit/interop/grpc-go`.
 pub fn grpc_go_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/grpc-go")
 }

@@ -1,6 +1,6 @@
 // Command client is a stock grpc-go xDS client for eds-server's interop
 // tests. It speaks the contract every interop client shares (see
-// tests/src/interop/mod.rs): it dials xds:///<target> (the bootstrap comes
+// devkit/src/interop/mod.rs): it dials xds:///<target> (the bootstrap comes
 // from GRPC_XDS_BOOTSTRAP, as for any proxyless gRPC application), calls
 // eds.echo.v1.Echo/Echo one call at a time at a fixed rate, and prints one
 // line of JSON per call:

@@ -5,7 +5,7 @@
 //!  cargo build --release  eds-server, echo-backend (--profile dev for a quick loop)
 //!  gcc -static -Os        deploy/pause/pause.c
 //!        |
-//!        v  eds_tests::image (OCI layout, deterministic)
+//!        v  eds_devkit::image (OCI layout, deterministic)
 //!  target/images/eds-server.tar     docker.io/eds-rs/eds-server:<tag>
 //!  target/images/echo-backend.tar   docker.io/eds-rs/echo-backend:<tag>
 //!  target/images/pause.tar          registry.local/eds-rs/pause:3.10
@@ -16,16 +16,16 @@
 //!
 //! `deploy/Dockerfile` stays what operators build with Docker; the
 //! eds-server image here has its runtime stage's layout (a unit test in
-//! `eds_tests::image` holds them together). This module only orchestrates:
-//! the image format lives in `eds_tests::image`.
+//! `eds_devkit::image` holds them together). This module only orchestrates:
+//! the image format lives in `eds_devkit::image`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use eds_tests::cluster::node_build;
-use eds_tests::image;
+use eds_devkit::cluster::node_build;
+use eds_devkit::image;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -84,7 +84,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let status = Command::new(&cargo)
         .current_dir(workspace())
         .args(["build", "--profile", &args.profile, "--locked"])
-        .args(eds_tests::image::IMAGE_BINARIES)
+        .args(eds_devkit::image::IMAGE_BINARIES)
         .status()
         .context("running cargo build")?;
     if !status.success() {
@@ -97,7 +97,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         &args.profile
     });
     eprintln!("==> gcc -static -Os deploy/pause/pause.c");
-    let pause = eds_tests::cluster::node::build_pause(&out)?;
+    let pause = eds_devkit::cluster::node::build_pause(&out)?;
 
     let images = [
         (

@@ -1,21 +1,24 @@
-//! `cargo xtask demo`: the README's first command. Runs
-//! `eds_tests::demo` (lb-client's P2C next to kube-proxy-style
+//! `eds-demo`, which `cargo xtask demo` runs: the README's first command.
+//! Runs this crate's demo (lb-client's P2C next to kube-proxy-style
 //! per-connection balancing, a pod killed mid-run) on the local control
 //! plane and prints a live table, then a chart.
 //!
 //! It attaches to `$EDS_CLUSTER_DIR` (a `cargo xtask cluster up` cluster)
 //! when set, and otherwise starts a control plane tied to this process, as
 //! `cluster up` would but gone when the demo ends. Not the demo itself: the
-//! logic lives in the tests crate, so a test runs the same code headless.
+//! logic lives in the library, so a test runs the same code headless.
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use eds_tests::demo::{DemoOptions, run_blocking};
+use clap::Parser;
+use eds_demo::{DemoOptions, run_blocking};
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
+/// Show lb-client's per-request balancing next to per-connection balancing, live, with a pod killed mid-run.
+#[derive(Debug, Parser)]
+#[command(name = "eds-demo", bin_name = "cargo xtask demo", version)]
+struct Args {
     /// How long load runs, in seconds.
     #[arg(long, default_value_t = 60)]
     duration: u64,
@@ -36,11 +39,12 @@ pub(crate) struct Args {
     seed: u64,
 }
 
-pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
     if std::env::var_os("EDS_CLUSTER_DIR").is_none() {
         eprintln!("==> local control plane binaries (built once from Go modules, then cached)");
-        eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
-        eds_tests::netns::preflight().context("checking what the pod network needs")?;
+        eds_devkit::cluster::ensure_built(true).context("building the local control plane")?;
+        eds_devkit::netns::preflight().context("checking what the pod network needs")?;
         eprintln!(
             "==> starting a local control plane for this demo (set EDS_CLUSTER_DIR to attach to `cargo xtask cluster up`'s)"
         );
@@ -81,7 +85,7 @@ fn ensure_echo_backend() -> anyhow::Result<()> {
         bail!("building the echo backend failed ({status})");
     }
     // The harness looks next to the running binary (target/debug/), where cargo just put it.
-    let path = eds_tests::harness::echo_backend_path()?;
+    let path = eds_devkit::harness::echo_backend_path()?;
     eprintln!("==> echo backend {}", path.display());
     Ok(())
 }

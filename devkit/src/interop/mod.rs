@@ -3,8 +3,8 @@
 //! ([`scenario`]) that runs the same scenarios against each.
 //!
 //! ```text
-//!  CLIENTS (data)   grpc-go    tests/interop/grpc-go   go build, cached by source hash
-//!                   grpcio     tests/interop/grpcio    venv under <cache>/interop, pinned
+//!  CLIENTS (data)   grpc-go    devkit/interop/grpc-go   go build, cached by source hash
+//!                   grpcio     devkit/interop/grpcio    venv under <cache>/interop, pinned
 //!                   tonic-xds  src/bin/tonic-xds-client.rs (crates.io tonic-xds, same tonic)
 //!
 //!  the contract     <program> --target NAME [--count N] [--rate R] [--header name=value
@@ -113,10 +113,10 @@ fn http_uri(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// grpc-go, built from `tests/interop/grpc-go` (grpc v1.85.0).
+/// grpc-go, built from `devkit/interop/grpc-go` (grpc v1.85.0).
 pub const GRPC_GO: ClientKind = ClientKind {
     name: "grpc-go",
-    about: "grpc-go v1.85.0 (tests/interop/grpc-go, Go module proxy)",
+    about: "grpc-go v1.85.0 (devkit/interop/grpc-go, Go module proxy)",
     install: |progress| {
         Ok(Program {
             program: ensure_grpc_go_client(progress)?,
@@ -133,7 +133,7 @@ pub const GRPC_GO: ClientKind = ClientKind {
 /// Python grpcio (C-core), from PyPI into a cached venv.
 pub const GRPCIO: ClientKind = ClientKind {
     name: "grpcio",
-    about: "Python grpcio 1.85.3, C-core (tests/interop/grpcio, PyPI venv)",
+    about: "Python grpcio 1.85.3, C-core (devkit/interop/grpcio, PyPI venv)",
     install: |progress| {
         Ok(Program {
             program: ensure_grpcio_venv(progress)?,

@@ -1,4 +1,4 @@
-//! The Python grpcio interop client: `tests/interop/grpcio/client.py`, run
+//! The Python grpcio interop client: `devkit/interop/grpcio/client.py`, run
 //! by a virtual environment this module creates once per pinned
 //! `requirements.txt` (grpcio and its one dependency, from PyPI).
 //!
@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 
 use crate::cluster::build::cache_dir;
 
-/// The grpcio client's source: `tests/interop/grpcio`.
+/// The grpcio client's source: `devkit/interop/grpcio`.
 pub fn grpcio_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/grpcio")
 }
@@ -33,7 +33,7 @@ pub fn grpcio_client_script() -> PathBuf {
 
 fn python_version() -> anyhow::Result<String> {
     let out = Command::new("python3").arg("--version").output().context(
-        "Python 3 is needed for the grpcio interop client (tests/interop/grpcio), and `python3` was not found on PATH",
+        "Python 3 is needed for the grpcio interop client (devkit/interop/grpcio), and `python3` was not found on PATH",
     )?;
     if !out.status.success() {
         bail!(
@@ -97,7 +97,7 @@ pub fn ensure_grpcio_venv(progress: bool) -> anyhow::Result<PathBuf> {
                 "-r",
             ])
             .arg(grpcio_source().join("requirements.txt")),
-        "pip install -r tests/interop/grpcio/requirements.txt",
+        "pip install -r devkit/interop/grpcio/requirements.txt",
     )?;
     run(
         Command::new(&python).args(["-c", "import grpc; print(grpc.__version__)"]),

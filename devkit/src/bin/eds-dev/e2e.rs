@@ -19,7 +19,7 @@
 //!
 //! `--cluster kind` creates a kind cluster with a worker per zone (the
 //! only kind-specific steps are creating it and `kind load image-archive`),
-//! then runs the stages of `eds_tests::e2e` that `node_e2e` runs locally:
+//! then runs the stages of `eds_devkit::e2e` that `node_e2e` runs locally:
 //! the same images, chart, manifests and assertions. It needs Docker and
 //! kind, which this project's machines do not have: that path has not run
 //! here, and the shared stages are what the local run tests.
@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use eds_tests::e2e;
+use eds_devkit::e2e;
 
 /// The scenarios, in the order they run: cheap and foundational first.
 const SCENARIOS: [&str; 4] = ["deploy", "eds_server", "lb_client", "demo"];
@@ -123,11 +123,11 @@ fn local(only: &[String]) -> anyhow::Result<()> {
         names.retain(|n| only.contains(n));
     }
     eprintln!("==> local control plane binaries (built once from Go modules, then cached)");
-    eds_tests::cluster::ensure_built(true).context("building the local control plane")?;
-    eds_tests::netns::preflight().context("checking what the pod network needs")?;
+    eds_devkit::cluster::ensure_built(true).context("building the local control plane")?;
+    eds_devkit::netns::preflight().context("checking what the pod network needs")?;
     if names.iter().any(|n| NODE_SCENARIOS.contains(&n.as_str())) {
         eprintln!("==> node components (built once from Go modules, then cached; Debian packages)");
-        eds_tests::cluster::ensure_node_built(true).context("building the node components")?;
+        eds_devkit::cluster::ensure_node_built(true).context("building the node components")?;
     }
     if names.iter().any(|n| n == "lb_client" || n == "node_e2e") {
         // A scenario runs lb-client's documented example as a user would;
@@ -289,8 +289,8 @@ fn kind(keep: bool) -> anyhow::Result<()> {
     eprintln!("==> building eds-server, the echo backend, lb-client's example, edsctl, grpc-go");
     let bins = e2e::build_binaries()?;
     let tars = e2e::app_images(&dir.join("images"), &bins)?;
-    let kubectl = eds_tests::cluster::ensure_built(true)?.kubectl;
-    let helm = eds_tests::tools::ensure_helm(true)?;
+    let kubectl = eds_devkit::cluster::ensure_built(true)?.kubectl;
+    let helm = eds_devkit::tools::ensure_helm(true)?;
 
     // Only these two steps are kind's own: creating the cluster, loading images.
     let config = dir.join("kind.yaml");

@@ -4,16 +4,16 @@
 //! `up` starts detached processes in `.eds/cluster/` (the directory it
 //! owns), writes `state.json` there and leaves them running; `down` stops
 //! what `state.json` records; `status` says what runs. The work itself lives
-//! in `eds_tests::cluster`; this module only parses and prints.
+//! in `eds_devkit::cluster`; this module only parses and prints.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use eds_tests::cluster::node::{self, Node};
-use eds_tests::cluster::{self, ClusterState, ControlPlane, PlaneOptions, node_build, versions};
-use eds_tests::e2e;
-use eds_tests::process::Lifetime;
+use eds_devkit::cluster::node::{self, Node};
+use eds_devkit::cluster::{self, ClusterState, ControlPlane, PlaneOptions, node_build, versions};
+use eds_devkit::e2e;
+use eds_devkit::process::Lifetime;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ClusterCmd {
@@ -162,7 +162,7 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                     let local = e2e::LocalNodes(states);
                     let target = e2e::Target {
                         kubectl: plane.binaries().kubectl.clone(),
-                        helm: eds_tests::tools::ensure_helm(true)?,
+                        helm: eds_devkit::tools::ensure_helm(true)?,
                         kubeconfig: plane.state().kubeconfig.clone(),
                         work_dir: plane.state().dir.clone(),
                         nodes: &local,

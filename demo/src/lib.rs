@@ -1,6 +1,7 @@
-//! The demo behind `cargo xtask demo` (and its headless test): per-request
-//! balancing with lb-client next to kube-proxy-style per-connection
-//! balancing, on the local control plane, with a pod killed mid-run.
+//! The demo behind `cargo xtask demo` (this crate's `eds-demo` program)
+//! and its headless test (`tests/tests/demo.rs`): per-request balancing
+//! with lb-client next to kube-proxy-style per-connection balancing, on the
+//! local control plane, with a pod killed mid-run.
 //!
 //! ```text
 //!  namespace demo-*   nodes in zone-a/b/c   Service echo:8080 -> 6 pods (2 per zone)
@@ -45,11 +46,11 @@ use lb_core::rng::{Rng, SmallRng};
 use proto::echo::echo_client::EchoClient;
 use proto::echo::{EchoReply, EchoRequest};
 
-use crate::harness::{
+use eds_devkit::harness::{
     Backend, EchoOptions, PodSpec, ServicePortSpec, Target, TestCluster, TestNamespace, TestPod,
     eventually,
 };
-use crate::server::{Server, start_server};
+use eds_devkit::server::{Server, start_server};
 
 /// How long to wait for the control plane, eds-server and lb-client.
 const WAIT: Duration = Duration::from_secs(60);

@@ -1,7 +1,7 @@
 """A stock Python grpcio xDS client for eds-server's interop tests.
 
 It speaks the contract every interop client shares (see
-tests/src/interop/mod.rs): it dials xds:///<target> through grpcio's
+devkit/src/interop/mod.rs): it dials xds:///<target> through grpcio's
 C-core, which reads the bootstrap from GRPC_XDS_BOOTSTRAP like any proxyless
 gRPC application, calls eds.echo.v1.Echo/Echo one call at a time at a fixed
 rate, and prints one line of JSON per call:
