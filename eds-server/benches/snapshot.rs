@@ -1,5 +1,5 @@
 //! eds-server at the scale of issue 4: 10,000 Services and 100,000 endpoints
-//! over three zones (the shape is described in `benches/common/cluster.rs`).
+//! over three zones (the shape is described in `k8s::synthetic`).
 //!
 //! Run with
 //! `cargo bench -p eds-server --bench snapshot -- --warm-up-time 1 --measurement-time 10`.
@@ -31,14 +31,12 @@
 //! or anything under contention; the machine's other load shows in the
 //! spread, not in the medians alone.
 
-#[path = "common/cluster.rs"]
-mod cluster;
-
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
+use eds_server::k8s::synthetic as cluster;
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::source::{SnapshotSource, SourceConfig};

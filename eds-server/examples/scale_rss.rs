@@ -1,5 +1,5 @@
 //! Memory of eds-server's state at the scale of issue 4 (10,000 Services,
-//! 100,000 endpoints; shape in `benches/common/cluster.rs`): prints the
+//! 100,000 endpoints; shape in eds-server's `k8s::synthetic`): prints the
 //! process's own `VmRSS` and `VmHWM` (peak RSS) from `/proc/self/status`
 //! after each phase, next to the live heap bytes counted by a wrapping
 //! global allocator (exact, unlike RSS, which keeps pages the allocator has
@@ -21,7 +21,7 @@
 //!    previous topology and its encodings are still held (streams that
 //!    have not moved on yet): the transient peak of a push;
 //! 6. the previous topology and source dropped: the steady state;
-//! 7. 100,000 Pods (one per endpoint, `benches/common/pod.json` as a
+//! 7. 100,000 Pods (one per endpoint, `k8s::synthetic::pod_template` as a
 //!    Deployment's pod looks) listed as the watch lists them: each reduced
 //!    to `PodFacts` on arrival and applied, only its key kept (`Listing`),
 //!    and the Index's record of each;
@@ -40,23 +40,19 @@
 //! runs for orientation only).
 #![allow(unsafe_code)]
 
-#[path = "../benches/common/cluster.rs"]
-mod cluster;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use eds_server::k8s::index::PodFacts;
 use eds_server::k8s::listing::Listing;
+use eds_server::k8s::synthetic as cluster;
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::source::{SnapshotSource, SourceConfig};
 use eds_server::topology::Topology;
 use eds_server::xds::{ClientInfo, Lookup, ResourceSource, ResourceType};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher::Event;
 
 /// Counts live heap bytes and their peak; forwards everything to `System`.
 struct Counting;
@@ -227,8 +223,7 @@ fn main() {
     // Pods: one per endpoint. The watch reduces each to `PodFacts` on
     // arrival, applies it and keeps its key (`Listing`); the Index keeps a
     // small record per Pod.
-    let template: Pod = serde_json::from_str(include_str!("../benches/common/pod.json"))
-        .expect("benches/common/pod.json is a Pod");
+    let template = cluster::pod_template();
     let pod = |round: usize, i: usize| -> Pod {
         let mut pod = template.clone();
         pod.metadata.name = Some(format!("pod-{i}"));
@@ -238,20 +233,9 @@ fn main() {
     };
     let mut keys = Listing::default();
     let mut list = |round: usize, index: &mut Index| {
-        let index = std::cell::RefCell::new(index);
-        let mut event = |ev| {
-            keys.event(
-                0,
-                ev,
-                |p: &PodFacts| index.borrow_mut().apply_pod_facts(p),
-                |k| index.borrow_mut().delete_pod_key(k),
-            );
-        };
-        event(Event::Init);
-        for i in 0..cluster::ENDPOINTS {
-            event(Event::InitApply(PodFacts::of(&pod(round, i))));
-        }
-        event(Event::InitDone);
+        cluster::list_pods(&mut keys, index, |push| {
+            (0..cluster::ENDPOINTS).for_each(|i| push(pod(round, i)));
+        })
     };
     let t = Instant::now();
     list(1, &mut index);

@@ -5,11 +5,14 @@
 //! `eds-dev install`), then runs the hygiene checks and every test tier:
 //!
 //! ```text
-//!  hermetic   cargo test                 unit, property, golden: no root, Go or cluster
-//!  cluster    cargo test -p eds-tests    the local control plane, interop clients, deploy
-//!             edsctl --features cluster-tests
+//!  hermetic   cargo test (default members)   unit, property, golden: no root, Go or cluster
+//!  cluster    eds-tests, edsctl's cluster-tests feature: the local control
+//!             plane, interop clients, deploy, demo
 //!  nodes      node_image, node_cluster, node_e2e (ignored elsewhere; root, one at a time)
 //! ```
+//!
+//! CI runs the first two in one `cargo test --workspace --all-features`
+//! and the third with the same selection, so dependencies build once.
 //!
 //! It is not a test runner of its own: every step is a cargo command a
 //! developer can run alone (CONTRIBUTING.md lists them).
@@ -75,58 +78,56 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         ])?;
     }
 
-    step("tier 1, hermetic: cargo test");
-    let started = Instant::now();
-    cargo(&["test", "--locked"])?;
-    eprintln!(
-        "hermetic tier passed in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
     if args.hermetic {
-        step("hermetic checks passed");
+        step("hermetic tier: cargo test");
+        let started = Instant::now();
+        cargo(&["test", "--locked"])?;
+        eprintln!(
+            "hermetic tier passed in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
         return Ok(());
     }
 
-    step("tier 2, cluster: the local control plane's suites");
-    cargo(&["test", "--locked", "-p", "eds-tests"])?;
-    cargo(&[
-        "test",
-        "--locked",
-        "-p",
-        "edsctl",
-        "--features",
-        "cluster-tests",
-        "--test",
-        "live",
-        "--test",
-        "bad_input",
-    ])?;
+    // Every cargo invocation below selects the whole workspace with every
+    // feature, as clippy did: cargo unifies dependency features over the
+    // packages selected, so `-p` here would build the dependency graph
+    // again under other features (minutes per selection on 2 cores).
+    step("hermetic and cluster tiers: cargo test --workspace --all-features");
+    let started = Instant::now();
+    cargo(WORKSPACE_TEST)?;
+    eprintln!("passed in {:.0} s", started.elapsed().as_secs_f64());
 
     if !args.no_nodes {
-        step("tier 3, nodes: containerd, runc, kubelet, kube-proxy, CoreDNS");
+        step("node tier: containerd, runc, kubelet, kube-proxy, CoreDNS");
         // The tests build the binaries the images hold (one cargo build
         // each, shared with `cargo xtask image`), then run one at a time:
         // each starts its own containerd, the cluster test a whole control
         // plane, on a small machine.
-        cargo(&[
-            "test",
-            "--locked",
-            "-p",
-            "eds-tests",
-            "--test",
-            "node_image",
-            "--test",
-            "node_cluster",
-            "--test",
-            "node_e2e",
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ])?;
+        let started = Instant::now();
+        cargo(
+            &[
+                WORKSPACE_TEST,
+                &[
+                    "--test",
+                    "node_image",
+                    "--test",
+                    "node_cluster",
+                    "--test",
+                    "node_e2e",
+                ],
+                &["--", "--ignored", "--test-threads=1"],
+            ]
+            .concat(),
+        )?;
+        eprintln!("passed in {:.0} s", started.elapsed().as_secs_f64());
     }
     step("all checks passed");
     Ok(())
 }
+
+/// `cargo test` over the one package selection every step shares.
+const WORKSPACE_TEST: &[&str] = &["test", "--workspace", "--all-features", "--locked"];
 
 fn step(what: &str) {
     eprintln!("\n==> {what}");

@@ -1,6 +1,6 @@
 //! Benchmark 7, `scale`: eds-server's memory and rebuild time at 1,000
 //! Services / 10,000 endpoints and at 10,000 / 100,000 (the scale of issue
-//! 4; the cluster's shape is eds-server's `benches/common/cluster.rs`,
+//! 4; the cluster's shape is eds-server's `k8s::synthetic`,
 //! included here, scaled by Service count).
 //!
 //! ```sh
@@ -20,7 +20,7 @@
 //!   and one-pod changes to publish (`apply_slice`, `on_change`, `poll`),
 //!   and publishes plus re-encodes one change while the previous topology
 //!   and its encodings are still held: the push peak (`VmHWM`). Then lists
-//!   one Pod per endpoint (`benches/common/pod.json` renamed after the
+//!   one Pod per endpoint (`k8s::synthetic::pod_template` renamed after the
 //!   endpoint's `targetRef`, reduced to `PodFacts` on arrival as the Pod
 //!   watch does), publishes and encodes what they change, and forces a
 //!   re-list of every Pod: the peak over every phase (`VmHWM`) is the
@@ -35,10 +35,6 @@
 //! encodings. A benchmark: nothing
 //! here asserts a timing.
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../../eds-server/benches/common/cluster.rs"]
-mod cluster;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -48,8 +44,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use eds_bench::machine::{Machine, ProcUsage};
 use eds_bench::report::{BenchResult, Better, Chart, ChartKind, Row, Series, Target, median};
-use eds_server::k8s::index::PodFacts;
 use eds_server::k8s::listing::Listing;
+use eds_server::k8s::synthetic as cluster;
 use eds_server::k8s::{Index, IndexConfig, Publisher, PublisherConfig};
 use eds_server::metrics::Metrics;
 use eds_server::source::{SnapshotSource, SourceConfig};
@@ -139,26 +135,8 @@ fn encode_all(source: &SnapshotSource, services: usize) -> anyhow::Result<usize>
     Ok(bytes)
 }
 
-/// A Pod as the watch receives it: `benches/common/pod.json` (a
-/// Deployment's pod with its spec, status and no `managedFields`) renamed
-/// after an endpoint's `targetRef`, at list round `round`.
-fn pod_of(
-    template: &Pod,
-    endpoint: &k8s_openapi::api::discovery::v1::Endpoint,
-    round: usize,
-) -> Option<Pod> {
-    let target = endpoint.target_ref.as_ref()?;
-    let mut pod = template.clone();
-    pod.metadata.name.clone_from(&target.name);
-    pod.metadata.namespace.clone_from(&target.namespace);
-    pod.metadata.uid.clone_from(&target.uid);
-    pod.metadata.resource_version = Some(format!("{round}"));
-    Some(pod)
-}
-
-/// Lists every endpoint's Pod through `listing` as the Pod watch does
-/// (`Init`, one `InitApply` per Pod decoded and reduced to `PodFacts` on
-/// arrival, `InitDone`); returns the Pods listed.
+/// Lists one Pod per endpoint of a `services`-Service cluster, at list round
+/// `round`, as the Pod watch does; returns the Pods listed.
 fn list_pods(
     services: usize,
     round: usize,
@@ -166,27 +144,14 @@ fn list_pods(
     listing: &mut Listing,
     index: &mut Index,
 ) -> usize {
-    let mut pods = 0;
-    let index = std::cell::RefCell::new(index);
-    let mut event = |ev: Event<PodFacts>| {
-        listing.event(
-            0,
-            ev,
-            |p| index.borrow_mut().apply_pod_facts(p),
-            |k| index.borrow_mut().delete_pod_key(k),
-        )
-    };
-    event(Event::Init);
-    cluster::for_each_service(services, |_, slices| {
-        for endpoint in slices.iter().flat_map(|s| s.endpoints.iter().flatten()) {
-            if let Some(pod) = pod_of(template, endpoint, round) {
-                event(Event::InitApply(PodFacts::of(&pod)));
-                pods += 1;
-            }
-        }
-    });
-    event(Event::InitDone);
-    pods
+    cluster::list_pods(listing, index, |push| {
+        cluster::for_each_service(services, |_, slices| {
+            let endpoints = slices.iter().flat_map(|s| s.endpoints.iter().flatten());
+            endpoints
+                .filter_map(|e| cluster::pod_of(template, e, round))
+                .for_each(&mut *push);
+        });
+    })
 }
 
 fn child_ours(services: usize, iterations: usize) -> anyhow::Result<ChildReport> {
@@ -289,9 +254,7 @@ fn child_ours(services: usize, iterations: usize) -> anyhow::Result<ChildReport>
     // Pods watched: one per endpoint, listed, published and encoded; then
     // a forced re-list (a watch restart: every Pod again, newer
     // resourceVersions) while everything above is held.
-    let template: Pod =
-        serde_json::from_str(include_str!("../../../eds-server/benches/common/pod.json"))
-            .context("benches/common/pod.json is a Pod")?;
+    let template = cluster::pod_template();
     let mut pod_keys = Listing::default();
     let pods = list_pods(services, 1, &template, &mut pod_keys, &mut index);
     publisher.on_change(now);
@@ -540,7 +503,7 @@ fn main() -> anyhow::Result<()> {
         notes: vec![
             "Each memory figure is one fresh child process; RSS includes the program itself (a few MiB), for both sides.".into(),
             "Rebuild and publish rows hold every timed iteration of every child (5 per child), not a per-child summary.".into(),
-            "The cluster shape is eds-server/benches/common/cluster.rs (about 10 endpoints per Service, 1% draining, 0.5% not ready, every 10th Service mid-rollout).".into(),
+            "The cluster shape is eds-server/src/k8s/synthetic/mod.rs (about 10 endpoints per Service, 1% draining, 0.5% not ready, every 10th Service mid-rollout).".into(),
             "Targets (issue 4) apply at 10,000 Services: RSS at most 300 MB (286.1 MiB), full rebuild at most 200 ms.".into(),
         ],
     };

@@ -22,6 +22,9 @@ pub mod publish;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+/// Test data at scale for benchmarks and memory probes (feature `test-support`).
+#[cfg(feature = "test-support")]
+pub mod synthetic;
 
 pub use index::{BuildStats, Index, IndexConfig, IndexStats};
 pub use publish::{PublishConfigError, PublishStats, Publisher, PublisherConfig};

@@ -1050,7 +1050,7 @@ fn an_untouched_service_is_shared_between_builds() {
 /// A Pod as a Deployment's ReplicaSet makes it, with the fields a real API
 /// server fills in (shared with the `scale_rss` example).
 fn realistic_pod() -> Pod {
-    serde_json::from_str(include_str!("../../../benches/common/pod.json")).unwrap()
+    serde_json::from_str(include_str!("../synthetic/pod.json")).unwrap()
 }
 
 #[test]

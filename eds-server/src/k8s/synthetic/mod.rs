@@ -1,8 +1,9 @@
-//! A synthetic cluster for the scale figures of issue 4: 10,000 Services and
-//! their EndpointSlices, 100,000 endpoints over three zones, shared by
+//! A synthetic cluster for the scale figures: 10,000 Services and their
+//! EndpointSlices, 100,000 endpoints over three zones, shared by
 //! `benches/snapshot.rs`, `examples/scale_rss.rs` and eds-bench's `scale`
-//! program (all include this file with `#[path]`), which also builds it at
-//! other sizes ([`generate_for`], [`for_each_service`]).
+//! program, which also builds it at other sizes ([`generate_for`],
+//! [`for_each_service`]). Compiled only with the `test-support` feature:
+//! it is test data, not part of the server.
 //!
 //! The objects look like what the API server sends after eds-server's
 //! watcher strips `managedFields`: uid, resourceVersion, creation time,
@@ -21,35 +22,43 @@
 //!                     the rest ready
 //! ```
 //!
+//! Pods come separately: [`pod_template`] is a Deployment's pod as the
+//! watch receives it (spec, status, no `managedFields`), [`pod_of`] names
+//! it after an endpoint, and [`list_pods`] feeds Pods through a [`Listing`]
+//! as the Pod watch does.
+//!
 //! What it is not: a model of any particular cluster's object sizes (real
-//! objects may carry more labels and annotations), and it has no Pods, so
-//! the index runs without a Pod watch (its default).
+//! objects may carry more labels and annotations).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use eds_server::k8s::Index;
-use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
+use kube::runtime::watcher::Event;
+
+use crate::k8s::Index;
+use crate::k8s::index::PodFacts;
+use crate::k8s::listing::Listing;
 
 /// Services in the cluster.
-pub(crate) const SERVICES: usize = 10_000;
+pub const SERVICES: usize = 10_000;
 /// Endpoints over all Services.
-pub(crate) const ENDPOINTS: usize = 100_000;
+pub const ENDPOINTS: usize = 100_000;
 /// Endpoints of each of the largest Services.
-pub(crate) const BIG: usize = 1_000;
+pub const BIG: usize = 1_000;
 /// Zones endpoints are spread over.
-pub(crate) const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+pub const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 /// The Service port every Service has.
-pub(crate) const PORT: u16 = 8080;
+pub const PORT: u16 = 8080;
 /// Most endpoints per slice, as the EndpointSlice controller writes them.
-pub(crate) const MAX_PER_SLICE: usize = 100;
+pub const MAX_PER_SLICE: usize = 100;
 
 /// Endpoints per Service, in Service order; sums to [`ENDPOINTS`].
-pub(crate) fn sizes() -> Vec<usize> {
+pub fn sizes() -> Vec<usize> {
     let sizes = sizes_for(SERVICES);
     assert_eq!(sizes.iter().sum::<usize>(), ENDPOINTS);
     sizes
@@ -59,7 +68,7 @@ pub(crate) fn sizes() -> Vec<usize> {
 /// same shape scaled down or up: a thousandth of them at [`BIG`], a
 /// hundredth at 100, the rest cycling 1..24. For a multiple of 1,000
 /// Services that is ten endpoints per Service on average.
-pub(crate) fn sizes_for(services: usize) -> Vec<usize> {
+pub fn sizes_for(services: usize) -> Vec<usize> {
     // 11 sizes summing to 90: 9,900 Services take 81,000 endpoints.
     const CYCLE: [usize; 11] = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 24];
     let (big, hundred) = (services / 1000, services / 100);
@@ -77,23 +86,23 @@ pub(crate) fn sizes_for(services: usize) -> Vec<usize> {
 }
 
 /// Namespace and name of Service `i`.
-pub(crate) fn service_name(i: usize) -> (String, String) {
+pub fn service_name(i: usize) -> (String, String) {
     (format!("team-{:02}", i % 100), format!("svc-{i:05}"))
 }
 
 /// The canonical service key (and CLA name) of Service `i`.
-pub(crate) fn key(i: usize) -> String {
+pub fn key(i: usize) -> String {
     let (ns, name) = service_name(i);
     format!("{name}.{ns}:{PORT}")
 }
 
 /// The synthetic cluster's objects.
 #[derive(Debug)]
-pub(crate) struct Cluster {
+pub struct Cluster {
     /// Every Service.
-    pub(crate) services: Vec<Service>,
+    pub services: Vec<Service>,
     /// Every EndpointSlice, grouped by Service in Service order.
-    pub(crate) slices: Vec<EndpointSlice>,
+    pub slices: Vec<EndpointSlice>,
 }
 
 fn time(secs: i64) -> Time {
@@ -249,14 +258,14 @@ fn slice(i: usize, n: usize, target: i32, endpoints: Vec<Endpoint>) -> EndpointS
 }
 
 /// Builds every object. Deterministic: the same call gives the same objects.
-pub(crate) fn generate() -> Cluster {
+pub fn generate() -> Cluster {
     let cluster = generate_for(SERVICES);
     assert_eq!(sizes().len(), cluster.services.len());
     cluster
 }
 
 /// Builds every object of a cluster of `services` Services (see [`sizes_for`]).
-pub(crate) fn generate_for(services: usize) -> Cluster {
+pub fn generate_for(services: usize) -> Cluster {
     let mut cluster = Cluster {
         services: Vec::with_capacity(services),
         slices: Vec::new(),
@@ -271,7 +280,7 @@ pub(crate) fn generate_for(services: usize) -> Cluster {
 /// Hands each Service with its EndpointSlices to `f`, one at a time, in
 /// Service order, so a caller can feed an index the way a watch stream does
 /// without ever holding every object.
-pub(crate) fn for_each_service(services: usize, mut f: impl FnMut(Service, Vec<EndpointSlice>)) {
+pub fn for_each_service(services: usize, mut f: impl FnMut(Service, Vec<EndpointSlice>)) {
     let sizes = sizes_for(services);
     let mut global = 0;
     let mut n = 0;
@@ -296,7 +305,7 @@ pub(crate) fn for_each_service(services: usize, mut f: impl FnMut(Service, Vec<E
 }
 
 /// Feeds every object to `index` as the watcher does after its initial lists.
-pub(crate) fn populate(index: &mut Index, cluster: &Cluster, now: SystemTime) {
+pub fn populate(index: &mut Index, cluster: &Cluster, now: SystemTime) {
     for svc in &cluster.services {
         index.apply_service(svc);
     }
@@ -307,7 +316,7 @@ pub(crate) fn populate(index: &mut Index, cluster: &Cluster, now: SystemTime) {
 
 /// The first slice of Service 0 (a 1,000-endpoint Service) in two versions
 /// that differ in one pod's readiness: the event a one-pod change sends.
-pub(crate) fn one_pod_change(cluster: &Cluster) -> [EndpointSlice; 2] {
+pub fn one_pod_change(cluster: &Cluster) -> [EndpointSlice; 2] {
     let (_, name) = service_name(0);
     let original = cluster
         .slices
@@ -325,7 +334,7 @@ pub(crate) fn one_pod_change(cluster: &Cluster) -> [EndpointSlice; 2] {
 
 /// `original` in two versions that differ in its first pod's readiness:
 /// `[changed, original]`.
-pub(crate) fn one_pod_change_of(original: &EndpointSlice) -> [EndpointSlice; 2] {
+pub fn one_pod_change_of(original: &EndpointSlice) -> [EndpointSlice; 2] {
     let original = original.clone();
     let mut changed = original.clone();
     if let Some(ep) = changed.endpoints.as_mut().and_then(|e| e.first_mut()) {
@@ -336,4 +345,53 @@ pub(crate) fn one_pod_change_of(original: &EndpointSlice) -> [EndpointSlice; 2] 
         });
     }
     [changed, original]
+}
+
+/// A Deployment's Pod as the watch receives it (`pod.json`: spec, status,
+/// no `managedFields`), to be renamed per endpoint.
+pub fn pod_template() -> Pod {
+    serde_json::from_str(include_str!("pod.json")).expect("synthetic/pod.json is a Pod")
+}
+
+/// `template` renamed after `endpoint`'s `targetRef`, at list round `round`
+/// (its resourceVersion); `None` for an endpoint without a target.
+pub fn pod_of(template: &Pod, endpoint: &Endpoint, round: usize) -> Option<Pod> {
+    let target = endpoint.target_ref.as_ref()?;
+    let mut pod = template.clone();
+    pod.metadata.name.clone_from(&target.name);
+    pod.metadata.namespace.clone_from(&target.namespace);
+    pod.metadata.uid.clone_from(&target.uid);
+    pod.metadata.resource_version = Some(format!("{round}"));
+    Some(pod)
+}
+
+/// Lists Pods into `index` through `listing` as the Pod watch does:
+/// `Init`, one `InitApply` per Pod that `pods` hands over, reduced to
+/// [`PodFacts`] at once (no Pod object held, so a memory figure sees what
+/// the watch holds), then `InitDone`, which deletes the keys this list
+/// lacked. Returns the Pods listed.
+pub fn list_pods(
+    listing: &mut Listing,
+    index: &mut Index,
+    pods: impl FnOnce(&mut dyn FnMut(Pod)),
+) -> usize {
+    // The listing calls back into the index for an apply and for a delete,
+    // never both at once; the RefCell lets both callbacks hold it.
+    let event = |listing: &mut Listing, index: &mut Index, ev: Event<PodFacts>| {
+        let index = std::cell::RefCell::new(index);
+        listing.event(
+            0,
+            ev,
+            |p| index.borrow_mut().apply_pod_facts(p),
+            |k| index.borrow_mut().delete_pod_key(k),
+        )
+    };
+    event(listing, index, Event::Init);
+    let mut listed = 0;
+    pods(&mut |pod| {
+        event(listing, index, Event::InitApply(PodFacts::of(&pod)));
+        listed += 1;
+    });
+    event(listing, index, Event::InitDone);
+    listed
 }
