@@ -10,8 +10,9 @@
 //!  GET /debug/clients           every open xDS stream: node, zone, subscriptions, acked versions, last NACK
 //! ```
 //!
-//! The JSON shapes are the contract with `edsctl`; they are plain views,
-//! built on request from the published topology and the client registry.
+//! The JSON shapes are defined once, in the `eds-admin-api` crate edsctl
+//! reads them with; this module builds them on request from the published
+//! topology and the client registry.
 //! Not a control API: nothing here changes server state.
 
 use std::collections::BTreeMap;
@@ -24,14 +25,20 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use lb_core::{Endpoint, EndpointSet, ServiceKey};
-use serde::Serialize;
+use eds_admin_api::{
+    self as api, API_VERSION, ClientsView, EndpointView, EndpointsView, ServiceView, SnapshotView,
+    Time,
+};
+use lb_core::{EndpointSet, ServiceKey};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::serve::ClientRegistry;
+use crate::serve::{ClientEntry, ClientRegistry};
 use crate::topology::TopologyWatch;
 use crate::watch::WatchStatus;
+use crate::xds::StreamKind;
+use crate::xds::cache::ResourceVersion;
+use crate::xds::stats::{Counters, Protocol, TypeStats};
 
 /// What the admin handlers read.
 #[derive(Debug, Clone)]
@@ -130,89 +137,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// One service key in `/debug/snapshot`.
-#[derive(Debug, Serialize)]
-pub struct ServiceView {
-    /// Canonical key.
-    pub key: String,
-    /// Content version of its endpoint set.
-    pub version: String,
-    /// Endpoints by zone and health.
-    pub zones: BTreeMap<String, BTreeMap<&'static str, usize>>,
-    /// Streams subscribed to it (under any name).
-    pub subscribers: usize,
-}
-
-/// `/debug/snapshot`.
-#[derive(Debug, Serialize)]
-pub struct SnapshotView {
-    /// Whether the server has synced and serves.
-    pub ready: bool,
-    /// Content version of the whole snapshot.
-    pub version: Option<String>,
-    /// Every service key.
-    pub services: Vec<ServiceView>,
-}
-
-/// One endpoint in `/debug/endpoints/{key}`.
-#[derive(Debug, Serialize)]
-pub struct EndpointView {
-    /// `ip:port`.
-    pub address: String,
-    /// Pod name.
-    pub pod: Option<String>,
-    /// Node name.
-    pub node: Option<String>,
-    /// Zone.
-    pub zone: Option<String>,
-    /// HEALTHY, DRAINING or UNHEALTHY.
-    pub health: &'static str,
-    /// Load-balancing weight.
-    pub weight: u32,
-    /// When it became ready (RFC 3339).
-    pub ready_since: Option<String>,
-    /// When a draining endpoint goes away (RFC 3339).
-    pub drain_deadline: Option<String>,
-    /// Chosen pod labels.
-    pub labels: BTreeMap<String, String>,
-}
-
-impl From<&Endpoint> for EndpointView {
-    fn from(e: &Endpoint) -> Self {
-        Self {
-            address: e.address.to_string(),
-            pod: e.pod.clone(),
-            node: e.node.clone(),
-            zone: e.zone.clone(),
-            health: e.health.as_str(),
-            weight: e.weight.get(),
-            ready_since: e.ready_since.map(proto::resources::rfc3339::format),
-            drain_deadline: e.drain_deadline.map(proto::resources::rfc3339::format),
-            labels: e.labels.clone(),
-        }
-    }
-}
-
-/// `/debug/endpoints/{key}`.
-#[derive(Debug, Serialize)]
-pub struct EndpointsView {
-    /// The key as asked.
-    pub key: String,
-    /// The canonical key it resolved to.
-    pub canonical: String,
-    /// Content version of the endpoint set.
-    pub version: String,
-    /// Every endpoint.
-    pub endpoints: Vec<EndpointView>,
-}
-
-fn zone_counts(set: &EndpointSet) -> BTreeMap<String, BTreeMap<&'static str, usize>> {
-    let mut zones: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
+fn zone_counts(set: &EndpointSet) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut zones: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for e in set.endpoints() {
         *zones
             .entry(e.zone_or_empty().to_owned())
             .or_default()
-            .entry(e.health.as_str())
+            .entry(e.health.as_str().to_owned())
             .or_default() += 1;
     }
     zones
@@ -227,6 +158,7 @@ async fn snapshot(State(state): State<AdminState>) -> Json<SnapshotView> {
     let clients = state.clients.list();
     let Some(topology) = topology else {
         return Json(SnapshotView {
+            api_version: API_VERSION.to_owned(),
             ready: false,
             version: None,
             services: Vec::new(),
@@ -258,6 +190,7 @@ async fn snapshot(State(state): State<AdminState>) -> Json<SnapshotView> {
         })
         .collect();
     Json(SnapshotView {
+        api_version: API_VERSION.to_owned(),
         ready: true,
         version: Some(topology.snapshot.version().to_string()),
         services,
@@ -286,19 +219,102 @@ async fn endpoints(State(state): State<AdminState>, Path(key): Path<String>) -> 
             .into_response();
     };
     Json(EndpointsView {
+        api_version: API_VERSION.to_owned(),
         key,
         canonical: canonical.to_string(),
         version: set.version().to_string(),
-        endpoints: set.endpoints().iter().map(EndpointView::from).collect(),
+        endpoints: set
+            .endpoints()
+            .iter()
+            .map(EndpointView::from_endpoint)
+            .collect(),
     })
     .into_response()
 }
 
-async fn clients(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let now = SystemTime::now();
-    let list = state.clients.list();
-    Json(serde_json::json!({
-        "at": proto::resources::rfc3339::format(now),
-        "clients": list,
-    }))
+async fn clients(State(state): State<AdminState>) -> Json<ClientsView> {
+    Json(clients_view(SystemTime::now(), state.clients.list()))
+}
+
+/// The registry's entries as the admin contract shows them.
+fn clients_view(at: SystemTime, entries: Vec<ClientEntry>) -> ClientsView {
+    ClientsView {
+        api_version: API_VERSION.to_owned(),
+        at: Time(at),
+        clients: entries.into_iter().map(client_entry).collect(),
+    }
+}
+
+fn client_entry(e: ClientEntry) -> api::ClientEntry {
+    let s = e.stats;
+    api::ClientEntry {
+        id: e.id,
+        peer: e.peer.map(|p| p.to_string()),
+        connected_at: Time(e.connected_at),
+        last_activity: Time(e.last_activity),
+        stats: api::SubscriberStats {
+            client: api::ClientInfo {
+                node_id: s.client.node_id,
+                cluster: s.client.cluster,
+                zone: s.client.zone,
+                unhealthy_endpoints: s.client.unhealthy_endpoints,
+            },
+            protocol: match s.protocol {
+                Protocol::Sotw => api::Protocol::Sotw,
+                Protocol::Delta => api::Protocol::Delta,
+            },
+            stream: match s.stream {
+                StreamKind::Aggregated => api::StreamKind::Aggregated,
+                StreamKind::Single(ty) => api::StreamKind::Single(ty.short_name().to_owned()),
+            },
+            counters: counters(s.counters),
+            errors: s.errors,
+            types: s.types.into_iter().map(type_stats).collect(),
+        },
+        backlog: api::Backlog {
+            queued: e.backlog.queued,
+            superseded: e.backlog.superseded,
+        },
+    }
+}
+
+fn counters(c: Counters) -> api::Counters {
+    api::Counters {
+        requests: c.requests,
+        responses: c.responses,
+        acks: c.acks,
+        nacks: c.nacks,
+        stale: c.stale,
+    }
+}
+
+fn type_stats(t: TypeStats) -> api::TypeStats {
+    let versions = |m: BTreeMap<String, ResourceVersion>| {
+        m.into_iter()
+            .map(|(name, v)| (name, v.as_str().to_owned()))
+            .collect()
+    };
+    api::TypeStats {
+        type_url: t.type_url.to_owned(),
+        wildcard: t.wildcard,
+        subscribed: t.subscribed,
+        sent_version: t.sent_version,
+        sent_resources: versions(t.sent_resources),
+        pending_nonce: t.pending_nonce,
+        acked_version: t.acked_version,
+        acked_resources: versions(t.acked_resources),
+        nacked_resources: versions(t.nacked_resources),
+        last_ack_at: t.last_ack_at.map(Time),
+        last_nack: t.last_nack.map(|n| api::NackRecord {
+            rejected_version: n.rejected_version,
+            client_version: n.client_version,
+            nonce: n.nonce,
+            code: n.code,
+            message: n.message,
+            resources: n.resources,
+            stale: n.stale,
+            at: Time(n.at),
+        }),
+        counters: counters(t.counters),
+    }
 }

@@ -265,28 +265,10 @@ impl Args {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+/// A duration flag: `250ms`, `5s`, `2m`, `1h30m` or a bare number of
+/// seconds (the grammar is [`lb_core::duration`]'s, shared by every crate).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 250ms, 5s, 2m)"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    lb_core::duration::parse(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -378,7 +378,7 @@ impl SnapshotSource {
     /// logged and ignored.
     fn slow_start_window(&self, meta: &ServiceMeta, key: &ServiceKey) -> Option<Duration> {
         let value = meta.annotations.get("slow-start-window")?;
-        match crate::config::parse_duration(value) {
+        match lb_core::duration::parse(value) {
             Ok(window) => Some(window),
             Err(e) => {
                 warn!(service = %key, %e, "unusable eds.rs/slow-start-window; no slow start");

@@ -241,24 +241,10 @@ pub enum Command {
     },
 }
 
-/// `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+/// A duration flag: `250ms`, `5s`, `2m`, `1h30m` or a bare number of
+/// seconds (the grammar is [`lb_core::duration`]'s, shared by every crate).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: use e.g. 500ms, 10s, 2m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+    lb_core::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// One `--policy` item: a policy name or `all`.

@@ -283,7 +283,8 @@ pub fn compare(
 mod tests {
     use super::*;
     use crate::model::{
-        ClientEntry, ClientInfo, Counters, EndpointView, NackRecord, SubscriberStats, Time,
+        ClientEntry, ClientInfo, Counters, EndpointView, NackRecord, Protocol, StreamKind,
+        SubscriberStats, Time,
     };
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -304,6 +305,7 @@ mod tests {
 
     fn server(eps: &[(&str, &str)]) -> EndpointsView {
         EndpointsView {
+            api_version: crate::model::API_VERSION.into(),
             key: "echo.demo:8080".into(),
             canonical: "echo.demo:8080".into(),
             version: "v1".into(),
@@ -343,9 +345,10 @@ mod tests {
                     node_id: format!("node-{id}"),
                     cluster: String::new(),
                     zone: Some("zone-a".into()),
+                    unhealthy_endpoints: false,
                 },
-                protocol: "Sotw".into(),
-                stream: serde_json::json!("Aggregated"),
+                protocol: Protocol::Sotw,
+                stream: StreamKind::Aggregated,
                 counters: Counters::default(),
                 errors: 0,
                 types: vec![TypeStats {
@@ -381,6 +384,7 @@ mod tests {
 
     fn clients(list: Vec<ClientEntry>) -> ClientsView {
         ClientsView {
+            api_version: crate::model::API_VERSION.into(),
             at: at(10),
             clients: list,
         }

@@ -158,6 +158,9 @@ pub enum Error {
     /// A value in eds-server's JSON is unusable (an address that does not parse).
     #[error("eds-server sent an unusable value: {0}")]
     BadValue(String),
+    /// eds-server speaks another version of the admin API.
+    #[error(transparent)]
+    ApiVersion(crate::model::VersionError),
     /// Writing output failed (closed pipe and the like).
     #[error("writing output")]
     Output(#[source] std::io::Error),
@@ -169,6 +172,12 @@ pub enum Error {
         /// The serialiser's complaint.
         message: String,
     },
+}
+
+impl From<crate::model::ValueError> for Error {
+    fn from(e: crate::model::ValueError) -> Self {
+        Error::BadValue(e.0)
+    }
 }
 
 impl Error {
@@ -185,6 +194,7 @@ impl Error {
             | Error::NotReady { .. }
             | Error::Decode { .. }
             | Error::BadValue(_)
+            | Error::ApiVersion(_)
             | Error::Format { .. } => EXIT_SERVER,
             // Neither the user's input nor the server's fault: the generic
             // failure code, as for a shell pipeline that broke.
@@ -240,6 +250,11 @@ impl Error {
             ),
             Error::Server { .. } | Error::Decode { .. } | Error::BadValue(_) => Some(
                 "is this an eds-server admin port, and does its version match edsctl's?".into(),
+            ),
+            Error::ApiVersion(_) => Some(
+                "install the edsctl built with this eds-server (same release), or read the \
+                 admin JSON directly with curl"
+                    .into(),
             ),
             Error::Output(_) | Error::Format { .. } => None,
         }

@@ -449,17 +449,29 @@ impl AdminClient {
         }
     }
 
-    /// GET `path` and decode JSON from a 200; 503 is "not ready", 404 is
-    /// returned as `Ok(None)` for the caller to explain.
+    /// GET `path` and decode JSON from a 200 (a view of another admin API
+    /// version is refused before its shape is read); 503 is "not ready", 404
+    /// is returned as `Ok(None)` for the caller to explain.
     pub async fn get_json<T: DeserializeOwned>(&mut self, path: &str) -> Result<Option<T>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Versioned {
+            #[serde(default)]
+            api_version: String,
+        }
         let answer = self.get(path).await?;
+        let decode_error = |source| Error::Decode {
+            path: path.to_owned(),
+            source,
+        };
         match answer.status {
-            200 => serde_json::from_slice(&answer.body)
-                .map(Some)
-                .map_err(|source| Error::Decode {
-                    path: path.to_owned(),
-                    source,
-                }),
+            200 => {
+                let Versioned { api_version } =
+                    serde_json::from_slice(&answer.body).map_err(decode_error)?;
+                crate::model::check_api_version(&api_version).map_err(Error::ApiVersion)?;
+                serde_json::from_slice(&answer.body)
+                    .map(Some)
+                    .map_err(decode_error)
+            }
             404 => Ok(None),
             503 => Err(Error::NotReady {
                 path: path.to_owned(),

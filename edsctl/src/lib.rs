@@ -5,7 +5,7 @@
 //!            │   └────> discovery (kubeconfig -> Service -> ready pod -> port-forward)
 //!            │   └────> k8s (Service + EndpointSlices, for diff)
 //!            v
-//!  model (admin JSON) ──> diff · simulate (lb_core::Balancer) · watch (events) · suggest
+//!  model (eds-admin-api) ──> diff · simulate (lb_core::Balancer) · watch (events) · suggest
 //!            v
 //!          render (table / wide / json / yaml) ──> stdout
 //! ```
@@ -27,7 +27,8 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod k8s;
-pub mod model;
+/// The admin API's JSON (crate `eds-admin-api`, the contract eds-server serves).
+pub use eds_admin_api as model;
 pub mod render;
 pub mod simulate;
 pub mod suggest;

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::cli::OutputFormat;
 use crate::diff::{ClientVerdict, DiffReport, resource_state};
 use crate::error::Error;
-use crate::model::{ClientsView, EndpointsView, SnapshotView};
+use crate::model::{ClientsView, EndpointsView, Protocol, SnapshotView};
 use crate::simulate::SimReport;
 
 /// How a cell is coloured.
@@ -356,7 +356,11 @@ pub fn clients(view: &ClientsView, wide: bool, color: bool) -> String {
     let mut t = Table::new(&headers);
     for c in &view.clients {
         let s = &c.stats;
-        let protocol = format!("{}/{}", s.protocol.to_lowercase(), s.stream_kind());
+        let protocol = match s.protocol {
+            Protocol::Sotw => "sotw",
+            Protocol::Delta => "delta",
+        };
+        let protocol = format!("{protocol}/{}", s.stream_kind());
         let mut rows = 0;
         for ty in &s.types {
             let mut names: Vec<&String> = ty

@@ -81,8 +81,7 @@ fn summary(e: &Endpoint) -> String {
 
 fn field_changes(old: &Endpoint, new: &Endpoint) -> Vec<String> {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-    let time =
-        |t: Option<SystemTime>| t.map_or_else(|| "-".to_owned(), proto::resources::rfc3339::format);
+    let time = |t: Option<SystemTime>| t.map_or_else(|| "-".to_owned(), crate::model::format_time);
     let mut out = Vec::new();
     let mut field = |name: &str, a: String, b: String| {
         if a != b {
@@ -115,7 +114,7 @@ fn field_changes(old: &Endpoint, new: &Endpoint) -> Vec<String> {
 /// additions, each by address.
 pub fn events(key: &str, old: &EndpointSet, new: &EndpointSet, now: SystemTime) -> Vec<Event> {
     let diff = old.diff(new);
-    let at = proto::resources::rfc3339::format(now);
+    let at = crate::model::format_time(now);
     let version = new.version().to_string();
     let event = |op, e: &Endpoint, changes| Event {
         at: at.clone(),

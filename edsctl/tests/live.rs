@@ -356,7 +356,7 @@ async fn watch_prints_a_pod_change_with_a_timestamp() -> anyhow::Result<()> {
         .find(|l| l.contains(&addr))
         .with_context(|| format!("no event for {addr} in {rest:?}"))?;
     let (at, change) = line.split_once("  ").context("timestamp")?;
-    proto::resources::rfc3339::parse(at).with_context(|| format!("timestamp of {line:?}"))?;
+    edsctl::model::parse_time(at).with_context(|| format!("timestamp of {line:?}"))?;
     // The server keeps a not-ready pod as UNHEALTHY (zone capacity), so the
     // watch shows a health change, not a removal.
     assert!(change.starts_with(&format!("~ {addr}")), "{line:?}");

@@ -126,6 +126,7 @@ fn simulate_from_a_zone() {
 #[test]
 fn empty_views_say_so() {
     let view = SnapshotView {
+        api_version: edsctl::model::API_VERSION.into(),
         ready: true,
         version: None,
         services: vec![],

@@ -12,6 +12,7 @@
 //!   outlier     error-aware scoring, ejection, panic-safe caps
 //!   balancer    all of the above composed for one service
 //!   sim         deterministic discrete-event load simulator
+//!   duration    `250ms`, `2m`, `1h30m` as flags and annotations write them
 //! ```
 //!
 //! What this crate is not: it does no IO, reads no clock and no global
@@ -21,6 +22,7 @@
 //! and the simulator drive deterministically.
 
 pub mod balancer;
+pub mod duration;
 pub mod endpoint;
 pub mod error;
 pub mod key;

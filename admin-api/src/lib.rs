@@ -1,20 +1,25 @@
-//! The admin API's JSON as edsctl reads it (eds-server `admin.rs` is the
-//! contract), and conversions to `lb-core` types.
+//! The admin API's JSON: the one definition eds-server serves and edsctl
+//! reads (and anyone else may: the views are plain serde types).
 //!
 //! ```text
-//!  GET /debug/snapshot          -> SnapshotView  { ready, version, services: [ServiceView] }
-//!  GET /debug/endpoints/{key}   -> EndpointsView { key, canonical, version, endpoints: [EndpointView] }
-//!  GET /debug/clients           -> ClientsView   { at, clients: [ClientEntry { stats: { types: [TypeStats] } }] }
+//!  GET /debug/snapshot          -> SnapshotView  { api_version, ready, version, services: [ServiceView] }
+//!  GET /debug/endpoints/{key}   -> EndpointsView { api_version, key, canonical, version, endpoints: [EndpointView] }
+//!  GET /debug/clients           -> ClientsView   { api_version, at, clients: [ClientEntry { stats: { types: [TypeStats] } }] }
 //! ```
 //!
-//! Fields the server may add later are ignored, and fields edsctl can live
-//! without default, so an older or newer server still works. Times arrive
-//! either as RFC 3339 strings or as serde's `SystemTime` form
-//! (`{"secs_since_epoch", "nanos_since_epoch"}`); [`Time`] reads both and
-//! always writes RFC 3339, so edsctl's own JSON and YAML are readable.
+//! The contract: every top-level view names [`API_VERSION`]; times are RFC
+//! 3339 text in UTC ([`Time`]); fields may be added within a version and
+//! readers ignore fields they do not know, while removing or changing one
+//! needs a new version, which [`check_api_version`] makes readers refuse
+//! with a message instead of misreading. The golden files in
+//! `tests/golden/` pin the shape (`tests/schema.rs`).
 //!
-//! Not here: fetching (see [`crate::http`]) or presenting (see
-//! [`crate::render`]).
+//! Reading stays lenient about what older servers sent: no `api_version`,
+//! and times in serde's `SystemTime` form
+//! (`{"secs_since_epoch", "nanos_since_epoch"}`).
+//!
+//! Not here: fetching, presenting, or building the views from the server's
+//! state (eds-server's `admin` module does that).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,7 +29,51 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lb_core::{Endpoint, EndpointSet, Health};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+/// The admin API's version, written in every top-level view.
+pub const API_VERSION: &str = "eds.rs/admin/v1";
+
+/// A value in a view that cannot be used (an address that does not parse,
+/// an unknown health, a time out of range).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("eds-server sent an unusable value: {0}")]
+pub struct ValueError(pub String);
+
+/// A view from a server speaking another version of the API than this
+/// reader understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "eds-server speaks admin API {server}; this reader understands {API_VERSION}: use a matching edsctl"
+)]
+pub struct VersionError {
+    /// What the server wrote.
+    pub server: String,
+}
+
+/// Accepts a view's `api_version` if it is ours, or absent (servers before
+/// the field existed wrote the same shapes).
+pub fn check_api_version(api_version: &str) -> Result<(), VersionError> {
+    if api_version.is_empty() || api_version == API_VERSION {
+        Ok(())
+    } else {
+        Err(VersionError {
+            server: api_version.to_owned(),
+        })
+    }
+}
+
+/// Formats `t` as RFC 3339 in UTC, with as many fractional digits as it has.
+pub fn format_time(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|_| "out-of-range".to_owned())
+}
+
+/// Parses RFC 3339 text (any offset) into a point in time.
+pub fn parse_time(s: &str) -> Result<SystemTime, ValueError> {
+    s.parse::<jiff::Timestamp>()
+        .map(SystemTime::from)
+        .map_err(|e| ValueError(format!("time {s:?}: {e}")))
+}
 
 /// A point in time, read from either form the server writes, written as RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,7 +81,7 @@ pub struct Time(pub SystemTime);
 
 impl Serialize for Time {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&proto::resources::rfc3339::format(self.0))
+        s.serialize_str(&format_time(self.0))
     }
 }
 
@@ -49,9 +98,7 @@ impl<'de> Deserialize<'de> for Time {
             },
         }
         match Raw::deserialize(d)? {
-            Raw::Text(s) => proto::resources::rfc3339::parse(&s)
-                .map(Time)
-                .map_err(serde::de::Error::custom),
+            Raw::Text(s) => parse_time(&s).map(Time).map_err(serde::de::Error::custom),
             Raw::Epoch {
                 secs_since_epoch,
                 nanos_since_epoch,
@@ -66,13 +113,16 @@ impl<'de> Deserialize<'de> for Time {
 impl Time {
     /// RFC 3339 text.
     pub fn rfc3339(self) -> String {
-        proto::resources::rfc3339::format(self.0)
+        format_time(self.0)
     }
 }
 
 /// `/debug/snapshot`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotView {
+    /// [`API_VERSION`] (empty from servers older than the field).
+    #[serde(default)]
+    pub api_version: String,
     /// Whether the server has synced and serves.
     pub ready: bool,
     /// Content version of the whole snapshot.
@@ -124,6 +174,9 @@ impl ServiceView {
 /// `/debug/endpoints/{key}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointsView {
+    /// [`API_VERSION`] (empty from servers older than the field).
+    #[serde(default)]
+    pub api_version: String,
     /// The key as asked.
     pub key: String,
     /// The canonical key it resolved to.
@@ -137,7 +190,7 @@ pub struct EndpointsView {
 
 impl EndpointsView {
     /// The endpoints as an `lb-core` set (sorted, one per address).
-    pub fn to_set(&self) -> Result<EndpointSet, Error> {
+    pub fn to_set(&self) -> Result<EndpointSet, ValueError> {
         let endpoints = self
             .endpoints
             .iter()
@@ -193,18 +246,18 @@ pub fn parse_health(s: &str) -> Option<Health> {
 
 impl EndpointView {
     /// The endpoint as `lb-core` sees it.
-    pub fn to_endpoint(&self) -> Result<Endpoint, Error> {
+    pub fn to_endpoint(&self) -> Result<Endpoint, ValueError> {
         let address: SocketAddr = self
             .address
             .parse()
-            .map_err(|_| Error::BadValue(format!("endpoint address {:?}", self.address)))?;
+            .map_err(|_| ValueError(format!("endpoint address {:?}", self.address)))?;
         let health = parse_health(&self.health)
-            .ok_or_else(|| Error::BadValue(format!("endpoint health {:?}", self.health)))?;
-        let time = |t: &Option<String>, what: &str| -> Result<Option<SystemTime>, Error> {
+            .ok_or_else(|| ValueError(format!("endpoint health {:?}", self.health)))?;
+        let time = |t: &Option<String>, what: &str| -> Result<Option<SystemTime>, ValueError> {
             t.as_deref()
                 .map(|s| {
-                    proto::resources::rfc3339::parse(s)
-                        .map_err(|e| Error::BadValue(format!("{what} of {}: {e}", self.address)))
+                    parse_time(s)
+                        .map_err(|e| ValueError(format!("{what} of {}: {}", self.address, e.0)))
                 })
                 .transpose()
         };
@@ -229,8 +282,8 @@ impl EndpointView {
             zone: e.zone.clone(),
             health: e.health.as_str().to_owned(),
             weight: e.weight.get(),
-            ready_since: e.ready_since.map(proto::resources::rfc3339::format),
-            drain_deadline: e.drain_deadline.map(proto::resources::rfc3339::format),
+            ready_since: e.ready_since.map(format_time),
+            drain_deadline: e.drain_deadline.map(format_time),
             labels: e.labels.clone(),
         }
     }
@@ -239,6 +292,9 @@ impl EndpointView {
 /// `/debug/clients`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientsView {
+    /// [`API_VERSION`] (empty from servers older than the field).
+    #[serde(default)]
+    pub api_version: String,
     /// The server's clock when it answered; ages are measured from it, so
     /// clock skew between edsctl and the server does not matter.
     pub at: Time,
@@ -283,12 +339,10 @@ pub struct Backlog {
 pub struct SubscriberStats {
     /// Who the client is.
     pub client: ClientInfo,
-    /// `Sotw` or `Delta`.
-    #[serde(default)]
-    pub protocol: String,
-    /// `"Aggregated"` or `{"Single": "eds"}`; kept as JSON, shown as text.
-    #[serde(default)]
-    pub stream: serde_json::Value,
+    /// State of the world or delta.
+    pub protocol: Protocol,
+    /// ADS or one per-type service.
+    pub stream: StreamKind,
     /// Totals.
     #[serde(default)]
     pub counters: Counters,
@@ -312,6 +366,9 @@ pub struct ClientInfo {
     /// `Node.locality.zone`.
     #[serde(default)]
     pub zone: Option<String>,
+    /// The client asked for not-serving endpoints (marked UNHEALTHY).
+    #[serde(default)]
+    pub unhealthy_endpoints: bool,
 }
 
 /// Event counts.
@@ -444,18 +501,31 @@ pub struct NackRecord {
     pub at: Time,
 }
 
+/// Which protocol variant a stream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// State of the world.
+    Sotw,
+    /// Incremental.
+    Delta,
+}
+
+/// Which gRPC service a stream belongs to: `"Aggregated"` (ADS) or
+/// `{"Single": "eds"}` (a per-type service, by its short type name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// `AggregatedDiscoveryService`.
+    Aggregated,
+    /// A per-type service: `eds`, `cds`, `lds` or `rds`.
+    Single(String),
+}
+
 impl SubscriberStats {
     /// `ads` for an aggregated stream, else the single type's short name.
     pub fn stream_kind(&self) -> String {
         match &self.stream {
-            serde_json::Value::String(s) if s == "Aggregated" => "ads".into(),
-            serde_json::Value::String(s) => s.to_lowercase(),
-            serde_json::Value::Object(m) => m
-                .get("Single")
-                .and_then(|v| v.as_str())
-                .unwrap_or("?")
-                .to_owned(),
-            _ => "?".into(),
+            StreamKind::Aggregated => "ads".into(),
+            StreamKind::Single(ty) => ty.clone(),
         }
     }
 }
@@ -463,20 +533,6 @@ impl SubscriberStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_both_time_forms_and_writes_rfc3339() {
-        let a: Time = serde_json::from_str("\"2024-05-01T12:00:00Z\"").unwrap();
-        let b: Time =
-            serde_json::from_str(r#"{"secs_since_epoch":1714564800,"nanos_since_epoch":0}"#)
-                .unwrap();
-        assert_eq!(a, b);
-        assert_eq!(
-            serde_json::to_string(&a).unwrap(),
-            "\"2024-05-01T12:00:00Z\""
-        );
-        assert!(serde_json::from_str::<Time>("\"yesterday\"").is_err());
-    }
 
     #[test]
     fn endpoint_round_trips_through_lb_core() {
