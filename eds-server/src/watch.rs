@@ -9,12 +9,12 @@
 //!    restarted when Services want new pod labels                                        first event time)
 //! ```
 //!
-//! Nothing is published until every required watch (Services and
-//! EndpointSlices in every watched namespace) has finished its first list:
-//! an empty snapshot served at start-up would black-hole every client.
-//! Pods are not required: until they are listed, endpoints use first-seen
-//! times, and a Pod watch the server may not list (RBAC) never holds
-//! readiness back.
+//! Nothing is published until every Service and EndpointSlice watch (one
+//! per watched namespace) has finished its first list, and, for the first
+//! publish only, every running Pod watch too: the rules are
+//! [`crate::k8s::gate`]'s, this loop only tells the gate which watch
+//! listed. (So a Pod watch the server may not list holds readiness back;
+//! `/readyz` names the refusal.)
 //!
 //! The Pod watch starts only after the Services' first list, because the
 //! Services' `eds.rs/pod-labels` annotations decide which labels the index
@@ -31,7 +31,6 @@
 //! arrived and publishes that time with the topology, for the propagation
 //! latency metrics of [`crate::serve`].
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -46,6 +45,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::k8s::gate::{Gate, Watch as Source};
 use crate::k8s::index::PodFacts;
 use crate::k8s::listing::{Listing, Outcome};
 use crate::k8s::{Index, IndexConfig, IndexStats, PublishStats, Publisher, PublisherConfig};
@@ -67,14 +67,6 @@ pub struct WatchStatus {
     pub index: IndexStats,
     /// What the publisher did.
     pub publish: PublishStats,
-}
-
-/// Which watch an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Source {
-    Services(usize),
-    Slices(usize),
-    Pods(usize),
 }
 
 // Boxed: a Pod event is large and the stream holds one per watch.
@@ -197,8 +189,7 @@ pub async fn run(
     }
     let service_apis = apis::<Service>(&client, &scope);
     let slice_apis = apis::<EndpointSlice>(&client, &scope);
-    let service_watches = service_apis.len();
-    let required = service_apis.len() + slice_apis.len();
+    let mut gate = Gate::new(service_apis.len(), slice_apis.len());
     for (i, api) in service_apis.into_iter().enumerate() {
         streams.push(tagged(api, svc_config.clone(), Source::Services(i), |e| {
             Update::Service(Box::new(e))
@@ -231,7 +222,6 @@ pub async fn run(
             .collect()
     };
 
-    let mut synced: BTreeSet<Source> = BTreeSet::new();
     let mut buffers = Buffers::default();
     // When the oldest change not yet published reached us (see `Published`).
     let mut first_change: Option<Instant> = None;
@@ -264,26 +254,23 @@ pub async fn run(
                         let (resource, event) = update.describe();
                         metrics.watch_event(resource, event);
                         let now = SystemTime::now();
-                        let changed = buffers.apply(&mut index, source, update, now, &mut synced);
+                        let changed = buffers.apply(&mut index, source, update, now, &mut gate);
                         status.send_modify(|s| s.events += 1);
                         if changed {
                             let at = Instant::now();
                             publisher.on_change(at);
                             first_change.get_or_insert(at);
                         }
-                        let services_listed = synced
-                            .iter()
-                            .filter(|s| matches!(s, Source::Services(_)))
-                            .count()
-                            >= service_watches;
-                        match pod_watch_action(&mut index, services_listed, pod_watches.is_some()) {
+                        match pod_watch_action(&mut index, gate.services_listed(), gate.pods_running()) {
                             PodWatchAction::Keep => {}
                             PodWatchAction::Start => {
                                 info!(
                                     labels = ?index.wanted_labels(),
                                     "watching Pods (pod labels or pod-accurate ready_since requested)"
                                 );
-                                pod_watches = Some(start_pods(&mut streams));
+                                let started = start_pods(&mut streams);
+                                gate.pods_started(started.len());
+                                pod_watches = Some(started);
                             }
                             PodWatchAction::Restart => {
                                 info!(
@@ -293,32 +280,17 @@ pub async fn run(
                                 for handle in pod_watches.iter().flatten() {
                                     handle.abort();
                                 }
-                                pod_watches = Some(start_pods(&mut streams));
+                                let started = start_pods(&mut streams);
+                                gate.pods_started(started.len());
+                                pod_watches = Some(started);
                             }
                         }
                     }
                 }
             }
         }
-        let all_synced = synced
-            .iter()
-            .filter(|s| !matches!(s, Source::Pods(_)))
-            .count()
-            >= required;
         let first_publish = publisher.published().is_none();
-        // When Pods are watched, the first topology also waits for their
-        // list: published earlier, it would carry first-seen `ready_since`
-        // times that differ between replicas, then change once Pods arrive.
-        // Later restarts of the Pod watch (new labels) do not hold anything.
-        let pods_pending = first_publish
-            && pod_watches.as_ref().is_some_and(|w| {
-                synced
-                    .iter()
-                    .filter(|s| matches!(s, Source::Pods(_)))
-                    .count()
-                    < w.len()
-            });
-        if !all_synced || pods_pending {
+        if !gate.may_publish(first_publish) {
             continue;
         }
         if first_publish && publisher.next_deadline().is_none() {
@@ -423,7 +395,7 @@ impl Buffers {
         source: Source,
         update: Update,
         now: SystemTime,
-        synced: &mut BTreeSet<Source>,
+        gate: &mut Gate,
     ) -> bool {
         // Both closures borrow the index; only one runs at a time.
         let index = std::cell::RefCell::new(index);
@@ -449,7 +421,7 @@ impl Buffers {
             _ => Outcome::default(),
         };
         if outcome.listed {
-            synced.insert(source);
+            gate.listed(source);
         }
         outcome.changed
     }

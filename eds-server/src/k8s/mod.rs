@@ -10,12 +10,14 @@
 //! ```
 //!
 //! What this module is: the rules that turn Kubernetes objects into a
-//! [`crate::topology::Topology`] ([`index`]) and decide when and what to
-//! publish ([`publish`]), with time passed in so both are tested without a
+//! [`crate::topology::Topology`] ([`index`]), decide when the watches have
+//! seen enough to publish at all ([`gate`]) and when and what to publish
+//! ([`publish`]), with time passed in so both are tested without a
 //! cluster and without a clock. What it is not: the watchers, the tokio task
 //! that sleeps until [`publish::Publisher::next_deadline`], or anything that
 //! talks to the API server; that driver is a thin loop around these two.
 
+pub mod gate;
 pub mod index;
 pub mod listing;
 pub mod publish;
