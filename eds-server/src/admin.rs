@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 use crate::serve::{ClientEntry, ClientRegistry};
 use crate::topology::TopologyWatch;
 use crate::watch::WatchStatus;
+use crate::xds::ResourceVersion;
 use crate::xds::StreamKind;
-use crate::xds::cache::ResourceVersion;
 use crate::xds::stats::{Counters, Protocol, TypeStats};
 
 /// What the admin handlers read.

@@ -1,6 +1,7 @@
 //! What lb-client takes from a CDS `Cluster`: the service's balancing policy
 //! and, when the Cluster carries one, its slow-start ramp. Pure: a Cluster
-//! in, a [`ClusterPolicy`] or a [`ClusterError`] naming the field out.
+//! in, a [`ClusterPolicy`] or a [`ClusterError`] naming the field out; and
+//! [`PolicySource`], where the policy a service balances with came from.
 //!
 //! ```text
 //!  metadata.filter_metadata["eds.rs"]["lb-policy"]   an lb-core policy name   (wins when set and known)
@@ -49,6 +50,30 @@ use proto::xds::pb::envoy::extensions::load_balancing_policies::{
 };
 use proto::xds::pb::envoy::r#type::v3::Percent;
 use proto::xds::pb::google::protobuf::{Duration as PbDuration, value::Kind};
+
+/// Where a service's balancing policy came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicySource {
+    /// The application's configuration ([`crate::ServiceOptions::policy`] set).
+    Local,
+    /// The service's CDS Cluster (eds-server: the `eds.rs/lb-policy` annotation).
+    Cds,
+    /// lb-core's default (P2C): no local policy, and no usable Cluster (none
+    /// yet, none served, or one asking only for unsupported policies).
+    Default,
+}
+
+impl PolicySource {
+    /// `local`, `cds` or `default`, as in the debug view and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicySource::Local => "local",
+            PolicySource::Cds => "cds",
+            PolicySource::Default => "default",
+        }
+    }
+}
 
 /// The key in `Cluster.metadata.filter_metadata["eds.rs"]` that may name an
 /// lb-core policy directly (for policies no xDS entry expresses, such as

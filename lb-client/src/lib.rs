@@ -71,6 +71,7 @@ mod tls;
 pub use ads::{AdsSession, Update, Verdict};
 pub use channel::{BoxError, LbChannel};
 pub use client::{ClientDebug, LbClient};
+pub use cluster::PolicySource;
 pub use cluster::{ClusterError, ClusterPolicy, parse_cluster};
 pub use config::{
     Backoff, DEFAULT_MAX_XDS_MESSAGE_BYTES, DnsFallback, HashSource, LbConfig, RetryConfig,
@@ -79,7 +80,7 @@ pub use config::{
 pub use control::ControlPlaneStatus;
 pub use error::{BuildError, ChannelError, RequestError};
 pub use persist::SnapshotFileError;
-pub use pool::{EndpointDebug, PickRecord, PolicySource, ServiceDebug, Source};
+pub use pool::{EndpointDebug, PickRecord, ServiceDebug, Source};
 pub use tls::{BackendTls, TlsError};
 /// The rustls this crate links, for [`BackendTls::from_rustls`].
 pub use tokio_rustls::rustls;

@@ -39,7 +39,7 @@ use lb_core::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::cluster::ClusterPolicy;
+use crate::cluster::{ClusterPolicy, PolicySource};
 use crate::config::{HashSource, ServiceOptions};
 use crate::conn::Connection;
 use crate::error::ChannelError;
@@ -60,30 +60,6 @@ pub enum Source {
     Dns,
     /// Given by the application ([`crate::LbClient::set_endpoints`]).
     Static,
-}
-
-/// Where a service's balancing policy came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicySource {
-    /// The application's configuration ([`ServiceOptions::policy`] set).
-    Local,
-    /// The service's CDS Cluster (eds-server: the `eds.rs/lb-policy` annotation).
-    Cds,
-    /// lb-core's default (P2C): no local policy, and no usable Cluster (none
-    /// yet, none served, or one asking only for unsupported policies).
-    Default,
-}
-
-impl PolicySource {
-    /// `local`, `cds` or `default`, as in the debug view and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PolicySource::Local => "local",
-            PolicySource::Cds => "cds",
-            PolicySource::Default => "default",
-        }
-    }
 }
 
 /// The policy and slow start one service balances with, and why.

@@ -78,7 +78,7 @@ use std::time::SystemTime;
 use proto::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tracing::{debug, warn};
 
-use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
+use super::resource::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 use super::wire::DeltaResponse;
 use super::{

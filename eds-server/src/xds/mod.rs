@@ -1,7 +1,7 @@
 //! The xDS protocol logic of eds-server, as state machines without IO.
 //!
 //! ```text
-//!   snapshot (Topology) ──builders──> ResourceSource  (cache: one encoded body per
+//!   snapshot (Topology) ──builders──> ResourceSource  (crate::source: one body per
 //!                                          │           name, version and zone shape)
 //!                                          │ get / version_of / names
 //!        DiscoveryRequest ──> SotwStream ──┤──> Vec<SotwResponse>   (resources shared
@@ -30,15 +30,15 @@
 //!
 //! What this module is not: it does not build Envoy resources from endpoint
 //! sets (`proto::resources` does), does not decide per-zone weights (the
-//! [`cache::ResourceSource`] implementation does), and does not run the tonic
+//! [`resource::ResourceSource`] implementation does), and does not run the tonic
 //! services or the async glue.
 //!
 //! References are to the Envoy "xDS REST and gRPC protocol" document
 //! (`docs/root/api-docs/xds_protocol.rst` in envoyproxy/envoy), cited by
 //! section title.
 
-pub mod cache;
 pub mod delta;
+pub mod resource;
 pub mod sotw;
 pub mod stats;
 pub mod wire;
@@ -55,8 +55,8 @@ use proto::resources::{
     ROUTE_CONFIGURATION_TYPE_URL,
 };
 
-pub use cache::{ClientInfo, Lookup, MemorySource, Resource, ResourceSource, ResourceVersion};
 pub use delta::DeltaStream;
+pub use resource::{ClientInfo, Lookup, MemorySource, Resource, ResourceSource, ResourceVersion};
 pub use sotw::SotwStream;
 pub use stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 pub use wire::{DeltaResponse, SotwResponse, WireMessage};

@@ -92,7 +92,7 @@ use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use super::wire::SotwResponse;
 use tracing::{debug, warn};
 
-use super::cache::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
+use super::resource::{ClientInfo, Lookup, ResourceSource, ResourceVersion};
 use super::stats::{Counters, NackRecord, Protocol, SubscriberStats, TypeStats};
 use super::{
     CHUNK_BYTES, NonceSeq, PUSH_ORDER, ResourceType, StreamIdentity, StreamKind, XdsError, chunked,

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use super::StreamKind;
-use super::cache::{ClientInfo, ResourceVersion};
+use super::resource::{ClientInfo, ResourceVersion};
 
 /// Which protocol variant a stream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
