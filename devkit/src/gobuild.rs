@@ -72,29 +72,9 @@ impl GoProgram<'_> {
         if binary.is_file() {
             return Ok(binary);
         }
-        let go = Command::new("go")
-            .arg("version")
-            .output()
-            .with_context(|| {
-                format!(
-                    "the Go toolchain is needed to build {} ({}), and `go` was not found on PATH",
-                    self.what,
-                    self.source.display()
-                )
-            })?;
-        if !go.status.success() {
-            bail!(
-                "`go version` failed: {}",
-                String::from_utf8_lossy(&go.stderr)
-            );
-        }
+        let go = go_version(&format!("{} ({})", self.what, self.source.display()))?;
         if progress {
-            eprintln!(
-                "==> go build {} ({}) -> {}",
-                self.what,
-                String::from_utf8_lossy(&go.stdout).trim(),
-                binary.display()
-            );
+            eprintln!("==> go build {} ({go}) -> {}", self.what, binary.display());
         }
         let started = Instant::now();
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -129,4 +109,23 @@ impl GoProgram<'_> {
         }
         Ok(binary)
     }
+}
+
+/// `go version`'s answer, or an error saying Go is needed to build `what`.
+/// Every Go build the project caches checks this first, so a machine
+/// without Go hears what needs it rather than a bare spawn error.
+pub fn go_version(what: &str) -> anyhow::Result<String> {
+    let go = Command::new("go")
+        .arg("version")
+        .output()
+        .with_context(|| {
+            format!("the Go toolchain is needed to build {what}, and `go` was not found on PATH")
+        })?;
+    if !go.status.success() {
+        bail!(
+            "`go version` failed: {}",
+            String::from_utf8_lossy(&go.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&go.stdout).trim().to_owned())
 }

@@ -55,19 +55,10 @@ pub fn ensure_helm(progress: bool) -> anyhow::Result<PathBuf> {
     if helm.is_file() {
         return Ok(helm);
     }
-    let go = Command::new("go").arg("version").output().context(
-        "the Go toolchain is needed to build Helm (helm.sh/helm/v3) for the deploy tests, and `go` was not found on PATH",
-    )?;
-    if !go.status.success() {
-        bail!(
-            "`go version` failed: {}",
-            String::from_utf8_lossy(&go.stderr)
-        );
-    }
+    let go = crate::gobuild::go_version("Helm (helm.sh/helm/v3) for the deploy tests")?;
     if progress {
         eprintln!(
-            "==> go install {HELM_PACKAGE}@{HELM} ({}) -> {}",
-            String::from_utf8_lossy(&go.stdout).trim(),
+            "==> go install {HELM_PACKAGE}@{HELM} ({go}) -> {}",
             helm.display()
         );
     }

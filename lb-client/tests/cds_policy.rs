@@ -12,6 +12,8 @@
 //! eds-server and a real Kubernetes control plane is in
 //! `tests/tests/lb_client.rs`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,7 +39,7 @@ use proto::xds::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 const KEY: &str = "echo.demo:8080";
@@ -120,33 +122,10 @@ impl AggregatedDiscoveryService for Scripted {
     }
 }
 
-async fn serve<S>(service: S) -> anyhow::Result<SocketAddr>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    Ok(addr)
-}
-
 /// Two echo backends, `a` and `b`, and the EDS response listing both.
 async fn backends() -> anyhow::Result<DiscoveryResponse> {
-    let a = serve(EchoServer::new(Backend("a"))).await?;
-    let b = serve(EchoServer::new(Backend("b"))).await?;
+    let a = common::serve(EchoServer::new(Backend("a"))).await?;
+    let b = common::serve(EchoServer::new(Backend("b"))).await?;
     let cla = cluster_load_assignment(
         KEY,
         &EndpointSet::merge(vec![Endpoint::new(a), Endpoint::new(b)]),
@@ -235,7 +214,7 @@ async fn the_clusters_policy_applies_and_a_malformed_one_is_nacked_keeping_it() 
         ..Default::default()
     };
     let seen = scripted.seen.clone();
-    let control = serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
+    let control = common::serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
     let client = client(control, ServiceOptions::default())?;
     let _ = client.channel(KEY)?;
 
@@ -324,7 +303,7 @@ async fn a_deleted_or_unsupported_cluster_brings_back_the_default() -> anyhow::R
         ]),
         ..Default::default()
     };
-    let control = serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
+    let control = common::serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
     let client = client(control, ServiceOptions::default())?;
     let _ = client.channel(KEY)?;
     let view = until(&client, "the last Cluster", |_| {
@@ -363,7 +342,7 @@ async fn the_clusters_hash_header_keys_requests() -> anyhow::Result<()> {
         ]),
         ..Default::default()
     };
-    let control = serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
+    let control = common::serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
     let client = client(control, ServiceOptions::default())?;
     let mut echo = EchoClient::new(client.channel(KEY)?);
     let view = until(&client, "the hashing Cluster with both endpoints", |s| {
@@ -406,7 +385,7 @@ async fn a_local_policy_wins_over_the_cluster() -> anyhow::Result<()> {
         ]),
         ..Default::default()
     };
-    let control = serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
+    let control = common::serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
     let client = client(
         control,
         ServiceOptions::default().with_policy(Policy::Random),
@@ -430,7 +409,7 @@ async fn a_server_that_refuses_cds_still_serves_endpoints() -> anyhow::Result<()
         ..Default::default()
     };
     let (seen, streams) = (scripted.seen.clone(), scripted.streams.clone());
-    let control = serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
+    let control = common::serve(AggregatedDiscoveryServiceServer::new(scripted)).await?;
     let client = client(control, ServiceOptions::default())?;
     let got = pods(&client, 4).await?;
     ensure!(got.len() == 4, "{got:?}");

@@ -7,6 +7,8 @@
 //! real tonic echo server on loopback. Everything in between is the real
 //! client: its stream, its NACK and its pool.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,7 +32,7 @@ use proto::xds::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 const KEY: &str = "echo.demo:8080";
@@ -92,29 +94,6 @@ impl AggregatedDiscoveryService for Scripted {
     }
 }
 
-async fn serve<S>(service: S) -> anyhow::Result<SocketAddr>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    Ok(addr)
-}
-
 fn response(version: &str, cla: &ClusterLoadAssignment) -> DiscoveryResponse {
     DiscoveryResponse {
         version_info: version.into(),
@@ -127,7 +106,7 @@ fn response(version: &str, cla: &ClusterLoadAssignment) -> DiscoveryResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_update_is_nacked_and_the_last_good_endpoints_stay() -> anyhow::Result<()> {
-    let backend = serve(EchoServer::new(Backend)).await?;
+    let backend = common::serve(EchoServer::new(Backend)).await?;
     let good = cluster_load_assignment(
         KEY,
         &EndpointSet::merge(vec![Endpoint::new(backend)]),
@@ -138,7 +117,7 @@ async fn a_malformed_update_is_nacked_and_the_last_good_endpoints_stay() -> anyh
     let dup = bad.endpoints[0].lb_endpoints[0].clone();
     bad.endpoints[0].lb_endpoints.push(dup);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let control = serve(AggregatedDiscoveryServiceServer::new(Scripted {
+    let control = common::serve(AggregatedDiscoveryServiceServer::new(Scripted {
         responses: vec![response("v1", &good), response("v2", &bad)],
         seen: seen.clone(),
     }))
@@ -273,7 +252,7 @@ async fn an_assignment_over_four_mebibytes_is_applied_whole() -> anyhow::Result<
         "the response is {size} bytes, not over 4 MiB"
     );
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let control = serve(AggregatedDiscoveryServiceServer::new(Scripted {
+    let control = common::serve(AggregatedDiscoveryServiceServer::new(Scripted {
         responses: vec![big],
         seen: seen.clone(),
     }))

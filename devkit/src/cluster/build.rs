@@ -104,7 +104,7 @@ pub fn ensure_built(progress: bool) -> anyhow::Result<Binaries> {
     if bins.present() {
         return Ok(bins);
     }
-    go_version()?;
+    crate::gobuild::go_version("the local control plane")?;
     let started = Instant::now();
     if !(bins.kube_apiserver.is_file()
         && bins.kube_controller_manager.is_file()
@@ -119,20 +119,6 @@ pub fn ensure_built(progress: bool) -> anyhow::Result<Binaries> {
         eprintln!("local control plane built in {:.0?}", started.elapsed());
     }
     Ok(bins)
-}
-
-pub(crate) fn go_version() -> anyhow::Result<String> {
-    let out = Command::new("go")
-        .arg("version")
-        .output()
-        .context("the Go toolchain is needed to build the local control plane, and `go` was not found on PATH")?;
-    if !out.status.success() {
-        bail!(
-            "`go version` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn build_kubernetes(progress: bool) -> anyhow::Result<()> {

@@ -196,7 +196,7 @@ pub fn ensure_node_built(progress: bool) -> anyhow::Result<NodeBinaries> {
     let mut packages = BUILD_PACKAGES.to_vec();
     packages.extend_from_slice(RUN_PACKAGES);
     ensure_debian_packages(&packages, progress)?;
-    let go = build::go_version()?;
+    let go = crate::gobuild::go_version("the node components")?;
     say(progress, &format!("building node components with {go}"));
     if !bins.kubernetes_present() {
         let t = Instant::now();
