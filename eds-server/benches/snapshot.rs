@@ -2,7 +2,7 @@
 //! over three zones (the shape is described in `k8s::synthetic`).
 //!
 //! Run with
-//! `cargo bench -p eds-server --bench snapshot -- --warm-up-time 1 --measurement-time 10`.
+//! `cargo bench -p eds-server --features test-support --bench snapshot -- --warm-up-time 1 --measurement-time 10`.
 //! Medians are in `$CARGO_TARGET_DIR/criterion/<group>/<name>/new/estimates.json`.
 //!
 //! What is measured, on one thread, after the index holds every object:

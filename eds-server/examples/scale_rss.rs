@@ -5,7 +5,7 @@
 //! global allocator (exact, unlike RSS, which keeps pages the allocator has
 //! not returned).
 //!
-//! Run with `cargo run --release -p eds-server --example scale_rss`.
+//! Run with `cargo run --release -p eds-server --features test-support --example scale_rss`.
 //!
 //! Phases, each adding what the server holds:
 //!

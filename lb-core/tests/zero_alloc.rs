@@ -14,7 +14,7 @@
 //! What it does not cover: setup and refresh (`set_endpoints`, `refresh`,
 //! `Ring::build`, `OutlierDetector::set_members`/`evaluate`), which allocate
 //! by design when the endpoint set changes; and time, which
-//! `benches/pick.rs` measures.
+//! eds-bench's `picker` (`cargo xtask bench picker`) measures.
 //!
 //! This is the one place in lb-core with `unsafe`: a `GlobalAlloc` impl has
 //! to be `unsafe impl`, and it only forwards to the system allocator.

@@ -20,8 +20,9 @@
 //!
 //! What it is not: a network model (no RTT, no connection set-up, no
 //! failures), a model of server concurrency (one worker per backend), or a
-//! benchmark of pick speed (see `benches/pick.rs`). It reads no clock and
-//! does no IO; the same configuration always gives the same report. The
+//! benchmark of pick speed (`cargo xtask bench picker` is). It reads no
+//! clock and does no IO; the same configuration always gives the same
+//! report. The
 //! [`theory`] module holds the closed forms `tests/sim_theory.rs` checks it
 //! against.
 
