@@ -29,7 +29,7 @@ use tower::retry::budget::TpsBudget;
 use crate::channel::{CallSettings, LbChannel};
 use crate::cluster::ClusterPolicy;
 use crate::config::LbConfig;
-use crate::control::{ControlPlaneStatus, ControlTask};
+use crate::control::{ControlPlaneStatus, ControlTask, Target};
 use crate::error::{BuildError, ChannelError};
 use crate::metrics::Metrics;
 use crate::pool::{PoolContext, ServiceDebug, ServicePool, Source};
@@ -76,12 +76,26 @@ impl Drop for Shared {
     }
 }
 
-impl Shared {
-    pub(crate) fn with_status(&self, f: impl FnOnce(&mut ControlPlaneStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+impl Target for Shared {
+    fn apply(&self, parsed: ParsedCla, version: &str) {
+        Shared::apply(self, parsed, version);
     }
 
-    fn status(&self) -> ControlPlaneStatus {
+    fn apply_cluster(&self, name: &str, cluster: Option<ClusterPolicy>) {
+        Shared::apply_cluster(self, name, cluster);
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, ControlPlaneStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl Shared {
+    fn status_now(&self) -> ControlPlaneStatus {
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -232,7 +246,7 @@ impl LbClient {
         });
         if let (Some(endpoint), Some(commands)) = (endpoint, receiver) {
             let task = ControlTask {
-                shared: Arc::downgrade(&shared),
+                shared: Arc::downgrade(&shared) as std::sync::Weak<dyn Target>,
                 endpoint,
                 node,
                 backoff: shared.config.backoff,
@@ -348,7 +362,7 @@ impl LbClient {
         ClientDebug {
             node_id: self.shared.config.node_id.clone(),
             zone: self.shared.config.zone.clone(),
-            control_plane: self.shared.status(),
+            control_plane: self.shared.status_now(),
             services: pools.iter().map(|p| p.debug()).collect(),
         }
     }
@@ -419,7 +433,8 @@ async fn dns_fallback(shared: Weak<Shared>, pool: Weak<ServicePool>) {
         let (Some(shared), Some(pool)) = (shared.upgrade(), pool.upgrade()) else {
             return;
         };
-        if shared.status().ever_answered || !matches!(pool.source(), Source::None | Source::Dns) {
+        if shared.status_now().ever_answered || !matches!(pool.source(), Source::None | Source::Dns)
+        {
             return;
         }
         let eager = shared.config.eager_connect;

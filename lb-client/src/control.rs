@@ -20,9 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Weak;
+use std::sync::{MutexGuard, Weak};
 
-use proto::resources::CLUSTER_TYPE_URL;
+use proto::resources::{CLUSTER_TYPE_URL, ParsedCla};
 use proto::xds::pb::envoy::config::core::v3::Node;
 use proto::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use proto::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -32,8 +32,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ads::{AdsSession, Update, Verdict};
-use crate::client::Shared;
+use crate::cluster::ClusterPolicy;
 use crate::config::Backoff;
+use crate::metrics::Metrics;
 
 /// The control-plane connection, as the debug view shows it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -62,8 +63,28 @@ pub struct ControlPlaneStatus {
     pub failed_attempts: u32,
 }
 
+/// What the control task updates: the client's pools, its metrics and the
+/// status its debug view shows. The client implements it; the task holds it
+/// weakly (it ends when the client is dropped) and knows no client type, so
+/// the client owns the task without the two modules importing each other.
+pub(crate) trait Target: Send + Sync {
+    /// Applies one accepted ClusterLoadAssignment at `version`.
+    fn apply(&self, parsed: ParsedCla, version: &str);
+    /// Applies a service's Cluster, or its absence.
+    fn apply_cluster(&self, name: &str, cluster: Option<ClusterPolicy>);
+    /// The control-plane status, locked.
+    fn status(&self) -> MutexGuard<'_, ControlPlaneStatus>;
+    /// The client's metrics.
+    fn metrics(&self) -> &Metrics;
+}
+
+/// Runs `f` on `target`'s status under its lock.
+fn with_status(target: &dyn Target, f: impl FnOnce(&mut ControlPlaneStatus)) {
+    f(&mut target.status());
+}
+
 pub(crate) struct ControlTask {
-    pub(crate) shared: Weak<Shared>,
+    pub(crate) shared: Weak<dyn Target>,
     pub(crate) endpoint: tonic::transport::Endpoint,
     pub(crate) node: Node,
     pub(crate) backoff: Backoff,
@@ -115,8 +136,8 @@ impl ControlTask {
             let Some(shared) = self.shared.upgrade() else {
                 return;
             };
-            shared.metrics.set_connected(false);
-            shared.with_status(|s| {
+            shared.metrics().set_connected(false);
+            with_status(&*shared, |s| {
                 s.state = "disconnected";
                 s.last_error = Some(reason.clone());
                 s.failed_attempts = failures + 1;
@@ -142,7 +163,7 @@ impl ControlTask {
 
     fn set_state(&self, state: &'static str, error: Option<String>) {
         if let Some(shared) = self.shared.upgrade() {
-            shared.with_status(|s| {
+            with_status(&*shared, |s| {
                 s.state = state;
                 if error.is_some() {
                     s.last_error = error;
@@ -178,7 +199,7 @@ impl ControlTask {
         let mut cds_answered = false;
         self.set_state("connected", None);
         if let Some(shared) = self.shared.upgrade() {
-            shared.metrics.set_connected(true);
+            shared.metrics().set_connected(true);
         }
         loop {
             tokio::select! {
@@ -229,8 +250,8 @@ impl ControlTask {
                                     }
                                 }
                             }
-                            shared.metrics.update(true);
-                            shared.with_status(|s| {
+                            shared.metrics().update(true);
+                            with_status(&*shared, |s| {
                                 s.ever_answered = true;
                                 s.acks += 1;
                                 if is_eds {
@@ -244,8 +265,8 @@ impl ControlTask {
                         }
                         Verdict::Rejected { resource_type, errors, nack } => {
                             tracing::warn!(?errors, r#type = resource_type.short_name(), nonce = %response.nonce, "rejecting an xDS response; keeping the last good state");
-                            shared.metrics.update(false);
-                            shared.with_status(|s| {
+                            shared.metrics().update(false);
+                            with_status(&*shared, |s| {
                                 s.ever_answered = true;
                                 s.nacks += 1;
                                 s.last_nack = Some(errors.join("; "));
@@ -283,7 +304,7 @@ impl ControlTask {
         tracing::warn!(error = %status.message(), "the control plane refuses CDS; subscribing to endpoints only, with local or default policies");
         session.disable_cds();
         if let Some(shared) = self.shared.upgrade() {
-            shared.with_status(|s| s.cds_refused = true);
+            with_status(&*shared, |s| s.cds_refused = true);
         }
     }
 
